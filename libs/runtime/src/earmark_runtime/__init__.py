@@ -1,0 +1,1 @@
+"""Shared runtime for Earmark services: config, server bootstrap, bus, telemetry, blobs."""

@@ -1,0 +1,151 @@
+"""Service configuration, read once from environment variables.
+
+Every variable is listed in `SETTINGS_TABLE` so that the README's table and
+`earmark config` are generated from the same source as the code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    name: str
+    default: str
+    meaning: str
+
+
+SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
+    SettingDoc("EARMARK_HOME", "~/.earmark", "State of the embedded stack: data, logs, ports."),
+    SettingDoc("EARMARK_GRPC_HOST", "0.0.0.0", "Address the service's gRPC server binds."),
+    SettingDoc("EARMARK_GRPC_PORT", "per service: 50051-50054", "Port of the service's gRPC server."),
+    SettingDoc("EARMARK_NATS_URL", "nats://127.0.0.1:4222", "NATS server with JetStream."),
+    SettingDoc(
+        "EARMARK_DATABASE_URL",
+        "postgresql://earmark@127.0.0.1:5432/earmark",
+        "PostgreSQL for submissions (ingest) and the catalog (search).",
+    ),
+    SettingDoc(
+        "EARMARK_BLOB_URL",
+        "nats://earmark-blobs",
+        "Blob store: nats://BUCKET (JetStream object store) or file:///DIR.",
+    ),
+    SettingDoc("EARMARK_FINGERPRINT_ADDR", "127.0.0.1:50052", "Where search reaches fingerprint."),
+    SettingDoc("EARMARK_MAX_UPLOAD_BYTES", "268435456", "Largest accepted upload (256 MiB)."),
+    SettingDoc("EARMARK_MAX_DURATION_S", "7200", "Longest accepted track, seconds."),
+    SettingDoc("EARMARK_MIN_DURATION_S", "3", "Shortest accepted track, seconds."),
+    SettingDoc("EARMARK_MAX_CLIP_S", "60", "Longest clip identify takes, seconds."),
+    SettingDoc("EARMARK_WORKERS", "2", "Messages a consumer works on at once."),
+    SettingDoc("EARMARK_FFMPEG", "ffmpeg from imageio-ffmpeg", "ffmpeg binary used to decode."),
+    SettingDoc("EARMARK_LOG_LEVEL", "INFO", "Python log level."),
+    SettingDoc("EARMARK_LOG_FORMAT", "text", "text, or json for one JSON object per line."),
+    SettingDoc(
+        "EARMARK_OTEL_EXPORTER",
+        "none",
+        "Trace exporter: none, console, or otlp (needs opentelemetry-exporter-otlp).",
+    ),
+    SettingDoc("OTEL_SERVICE_NAME", "earmark-<service>", "Service name on spans."),
+)
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = _env(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def earmark_home() -> Path:
+    return Path(_env("EARMARK_HOME", "~/.earmark")).expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    service: str
+    grpc_host: str
+    grpc_port: int
+    nats_url: str
+    database_url: str
+    blob_url: str
+    fingerprint_addr: str
+    max_upload_bytes: int
+    max_duration_s: float
+    min_duration_s: float
+    max_clip_s: float
+    workers: int
+    ffmpeg: str
+    log_level: str
+    log_format: str
+    otel_exporter: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def grpc_bind(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+
+DEFAULT_PORTS: Final[dict[str, int]] = {
+    "ingest": 50051,
+    "fingerprint": 50052,
+    "search": 50053,
+    "features": 50054,
+}
+
+
+def load_settings(service: str) -> Settings:
+    """Read the settings of `service` from the environment, failing on bad values."""
+    log_format = _env("EARMARK_LOG_FORMAT", "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"EARMARK_LOG_FORMAT must be text or json, got {log_format!r}")
+    exporter = _env("EARMARK_OTEL_EXPORTER", "none")
+    if exporter not in ("none", "console", "otlp", "memory"):
+        raise ConfigError(f"EARMARK_OTEL_EXPORTER must be none, console or otlp, got {exporter!r}")
+    blob_url = _env("EARMARK_BLOB_URL", "nats://earmark-blobs")
+    if not blob_url.startswith(("nats://", "file://")):
+        raise ConfigError(f"EARMARK_BLOB_URL must start with nats:// or file://, got {blob_url!r}")
+    return Settings(
+        service=service,
+        grpc_host=_env("EARMARK_GRPC_HOST", "0.0.0.0"),  # noqa: S104 - containers must listen on all
+        grpc_port=_env_int("EARMARK_GRPC_PORT", DEFAULT_PORTS.get(service, 50050)),
+        nats_url=_env("EARMARK_NATS_URL", "nats://127.0.0.1:4222"),
+        database_url=_env("EARMARK_DATABASE_URL", "postgresql://earmark@127.0.0.1:5432/earmark"),
+        blob_url=blob_url,
+        fingerprint_addr=_env("EARMARK_FINGERPRINT_ADDR", "127.0.0.1:50052"),
+        max_upload_bytes=_env_int("EARMARK_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, minimum=1),
+        max_duration_s=_env_float("EARMARK_MAX_DURATION_S", 7200.0, minimum=1.0),
+        min_duration_s=_env_float("EARMARK_MIN_DURATION_S", 3.0),
+        max_clip_s=_env_float("EARMARK_MAX_CLIP_S", 60.0, minimum=1.0),
+        workers=_env_int("EARMARK_WORKERS", 2, minimum=1),
+        ffmpeg=_env("EARMARK_FFMPEG", ""),
+        log_level=_env("EARMARK_LOG_LEVEL", "INFO").upper(),
+        log_format=log_format,
+        otel_exporter=exporter,
+    )

@@ -1,0 +1,93 @@
+"""asyncio Earmark client, for services and high-concurrency callers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+
+import grpc
+
+from earmark.v1 import ingest_pb2, ingest_pb2_grpc, search_pb2, search_pb2_grpc
+
+from ._requests import CHANNEL_OPTIONS, AudioSource, audio_input, read_audio, upload_messages
+from .discovery import resolve
+from .results import Identification, Submission, Track
+
+
+class AsyncEarmark:
+    """`async with AsyncEarmark() as em: match = (await em.identify(clip)).match`"""
+
+    def __init__(self, *, ingest: str | None = None, search: str | None = None,
+                 timeout_s: float = 60.0) -> None:  # fmt: skip
+        ends = resolve(ingest=ingest, search=search)
+        self._ingest_channel = grpc.aio.insecure_channel(ends.ingest, options=CHANNEL_OPTIONS)
+        self._search_channel = grpc.aio.insecure_channel(ends.search, options=CHANNEL_OPTIONS)
+        self._ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_channel)
+        self._search = search_pb2_grpc.SearchServiceStub(self._search_channel)
+        self._timeout = timeout_s
+
+    async def close(self) -> None:
+        await self._ingest_channel.close()
+        await self._search_channel.close()
+
+    async def __aenter__(self) -> AsyncEarmark:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def upload(self, source: AudioSource, *, external_id: str | None = None,
+                     metadata: Mapping[str, str] | None = None) -> Submission:  # fmt: skip
+        data = await asyncio.to_thread(read_audio, source)
+        name = Path(source).name if not isinstance(source, bytes) else ""
+        ext_id = external_id or (str(source) if not isinstance(source, bytes) else "")
+        reply = await self._ingest.Upload(
+            upload_messages(data, external_id=ext_id, filename=name, metadata=metadata),
+            timeout=self._timeout,
+        )
+        return Submission.from_proto(reply.submission)
+
+    async def submissions(self, submission_ids: Sequence[str]) -> list[Submission]:
+        reply = await self._ingest.BatchGetSubmissions(
+            ingest_pb2.BatchGetSubmissionsRequest(submission_ids=list(submission_ids)),
+            timeout=self._timeout,
+        )
+        return [Submission.from_proto(s) for s in reply.submissions]
+
+    async def wait(self, submission_ids: Sequence[str], *, timeout_s: float = 600.0) -> list[Submission]:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            subs = await self.submissions(submission_ids)
+            if len(subs) == len(submission_ids) and all(s.final for s in subs):
+                return subs
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"submissions not final after {timeout_s:.0f} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def identify(self, clip: AudioSource, *, max_matches: int = 1) -> Identification:
+        data = await asyncio.to_thread(read_audio, clip)
+        started = time.perf_counter()
+        reply = await self._search.Identify(
+            search_pb2.IdentifyRequest(audio=audio_input(data), max_matches=max_matches),
+            timeout=self._timeout,
+        )
+        return Identification.from_proto(reply, (time.perf_counter() - started) * 1000)
+
+    async def tracks(self, page_size: int = 500) -> AsyncIterator[Track]:
+        token = ""
+        while True:
+            reply = await self._search.ListTracks(
+                search_pb2.ListTracksRequest(page_size=page_size, page_token=token), timeout=self._timeout
+            )
+            for t in reply.tracks:
+                yield Track.from_proto(t)
+            token = reply.next_page_token
+            if not token:
+                return
+
+    async def delete_track(self, track_id: str) -> None:
+        await self._search.DeleteTrack(search_pb2.DeleteTrackRequest(track_id=track_id), timeout=self._timeout)

@@ -1,0 +1,228 @@
+"""The `earmark` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import grpc
+
+from ._table import Progress, table
+from .client import Earmark
+from .discovery import earmark_home
+from .results import Submission
+
+AUDIO_SUFFIXES = {
+    ".mp3", ".flac", ".ogg", ".oga", ".opus", ".wav", ".m4a", ".aac", ".aif", ".aiff",
+    ".wma", ".mp4", ".webm", ".mka", ".ape", ".wv",
+}  # fmt: skip
+
+
+def _audio_files(paths: Sequence[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for found in sorted(path.rglob("*")):
+                if found.is_file() and found.suffix.lower() in AUDIO_SUFFIXES:
+                    yield found
+        elif path.is_file():
+            yield path
+        else:
+            raise SystemExit(f"earmark: {raw}: no such file or directory")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    try:
+        from earmark_stack import StackError, up
+    except ImportError:
+        print("earmark up needs the embedded stack: pip install earmark-stack", file=sys.stderr)
+        return 2
+    home = earmark_home()
+    try:
+        info = up(home, progress=lambda m: print(m, file=sys.stderr))
+    except StackError as exc:
+        print(f"earmark up failed: {exc}", file=sys.stderr)
+        return 1
+    rows = [(name, entry["addr"], entry["pid"]) for name, entry in info.services.items()]
+    table(["service", "address", "pid"], rows)
+    print(f"\nstate in {home}; stop with `earmark down`")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    try:
+        from earmark_stack import down
+    except ImportError:
+        print("earmark down needs the embedded stack: pip install earmark-stack", file=sys.stderr)
+        return 2
+    if not down(earmark_home(), progress=lambda m: print(m, file=sys.stderr)):
+        print("no stack running under", earmark_home(), file=sys.stderr)
+    return 0
+
+
+def _submission_rows(subs: Sequence[Submission]) -> list[tuple[object, ...]]:
+    return [
+        (s.submission_id, s.state, s.track_id or "-",
+         f"{s.rejection_code}: {s.rejection_message}" if s.rejection_code else "", s.external_id)
+        for s in subs
+    ]  # fmt: skip
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    files = list(_audio_files(args.paths))
+    if not files:
+        print("earmark: no audio files found", file=sys.stderr)
+        return 1
+    submitted: list[Submission] = []
+    failures: list[tuple[str, str]] = []
+    progress = Progress(len(files), "upload")
+    with Earmark() as em, ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(em.upload, f, external_id=str(f)): f for f in files}
+        for done, future in enumerate(as_completed(futures), start=1):
+            try:
+                submitted.append(future.result())
+            except grpc.RpcError as exc:
+                failures.append((str(futures[future]), f"{exc.code().name}: {exc.details()}"))
+            progress.update(done, f"{len(failures)} refused" if failures else "")
+        final = submitted
+        if args.wait and submitted:
+            waiting = Progress(len(submitted), "index ")
+            final = em.wait(
+                [s.submission_id for s in submitted],
+                timeout_s=args.timeout,
+                on_progress=lambda subs: waiting.update(sum(s.final for s in subs)),
+            )
+    if args.json:
+        for s in final:
+            print(json.dumps(s.__dict__))
+        for path, error in failures:
+            print(json.dumps({"external_id": path, "state": "REFUSED", "error": error}))
+    else:
+        table(["submission", "state", "track", "reason", "external_id"], _submission_rows(final))
+        for path, error in failures:
+            print(f"refused {path}: {error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    rows: list[tuple[object, ...]] = []
+    with Earmark() as em:
+        for clip in args.clips:
+            try:
+                result = em.identify(clip, max_matches=args.max_matches)
+            except grpc.RpcError as exc:
+                message = f"{exc.code().name}: {exc.details()}"
+                if args.json:
+                    print(json.dumps({"clip": clip, "error": message}))
+                else:
+                    rows.append((clip, "error", message, "", "", "", ""))
+                continue
+            match = result.match
+            if args.json:
+                print(json.dumps({
+                    "clip": clip,
+                    "match": match.to_json() if match else None,
+                    "latency_ms": round(result.latency_ms, 1),
+                }))  # fmt: skip
+            elif match is None:
+                rows.append((clip, "no match", "", "", "", "", f"{result.latency_ms:.0f}"))
+            else:
+                rows.append((
+                    clip, match.title or match.external_id, match.artist, f"{match.offset_s:.2f}",
+                    f"{match.score:.0f}", f"{match.confidence:.2f}", f"{result.latency_ms:.0f}",
+                ))  # fmt: skip
+    if not args.json:
+        table(["clip", "match", "artist", "offset_s", "score", "confidence", "ms"], rows)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Earmark() as em:
+        subs = em.submissions(args.ids)
+    if args.json:
+        for s in subs:
+            print(json.dumps(s.__dict__))
+    else:
+        table(["submission", "state", "track", "reason", "external_id"], _submission_rows(subs))
+    missing = set(args.ids) - {s.submission_id for s in subs}
+    for m in sorted(missing):
+        print(f"earmark: no submission {m}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_tracks(args: argparse.Namespace) -> int:
+    with Earmark() as em:
+        tracks = list(em.tracks())
+    if args.json:
+        for t in tracks:
+            print(json.dumps(t.__dict__))
+    else:
+        table(
+            ["track", "title", "artist", "duration_s", "landmarks", "external_id"],
+            [(t.track_id, t.title, t.artist, f"{t.duration_s:.1f}", t.landmark_count, t.external_id)
+             for t in tracks],
+        )  # fmt: skip
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with Earmark() as em:
+        for track_id in args.track_ids:
+            em.delete_track(track_id)
+            print(f"deleted {track_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="earmark", description="Music fingerprinting and identification.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=fn)
+        return p
+
+    add("up", cmd_up, "start the embedded stack (NATS, PostgreSQL, services) under $EARMARK_HOME")
+    add("down", cmd_down, "stop the embedded stack")
+    p = add("ingest", cmd_ingest, "upload audio files or folders (recursively)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--wait", action="store_true", help="wait until every file is INDEXED or REJECTED")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits at most")
+    p.add_argument("--jobs", type=int, default=4, help="uploads in flight")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = add("identify", cmd_identify, "identify clips against the catalog")
+    p.add_argument("clips", nargs="+")
+    p.add_argument("--max-matches", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = add("status", cmd_status, "show submissions")
+    p.add_argument("ids", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p = add("tracks", cmd_tracks, "list catalog tracks")
+    p.add_argument("--json", action="store_true")
+    p = add("delete", cmd_delete, "delete tracks from the catalog")
+    p.add_argument("track_ids", nargs="+")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except grpc.RpcError as exc:
+        code_name = exc.code().name if hasattr(exc, "code") else "ERROR"
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        print(f"earmark: {code_name}: {details}", file=sys.stderr)
+        if code_name == "UNAVAILABLE":
+            print(f"is the stack running? (`earmark up`, EARMARK_HOME={earmark_home()})", file=sys.stderr)
+        code = 1
+    except TimeoutError as exc:
+        print(f"earmark: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.exit(code)

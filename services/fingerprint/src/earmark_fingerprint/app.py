@@ -1,0 +1,101 @@
+"""The fingerprint service: ExtractFingerprint over gRPC, and the submission consumer."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from earmark.v1 import common_pb2, events_pb2, fingerprint_pb2, fingerprint_pb2_grpc
+from earmark_runtime import bus
+from earmark_runtime.audio import AudioDecodeError
+from earmark_runtime.blobs import BlobNotFoundError
+from earmark_runtime.server import run_server
+from earmark_runtime.service import ServiceContext, start_context
+
+from .extraction import fingerprint, samples_of
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = fingerprint_pb2.DESCRIPTOR.services_by_name["FingerprintService"].full_name
+
+
+class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    async def ExtractFingerprint(
+        self,
+        request: fingerprint_pb2.ExtractFingerprintRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> fingerprint_pb2.ExtractFingerprintResponse:
+        settings = self._ctx.settings
+        try:
+            samples = await samples_of(
+                request.audio, ffmpeg=settings.ffmpeg, max_seconds=settings.max_duration_s
+            )
+        except AudioDecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return fingerprint_pb2.ExtractFingerprintResponse(landmarks=await fingerprint(samples))
+
+
+class SubmissionFingerprinter:
+    """Consumer of earmark.submission.received: fingerprints the stored source."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    async def handle(self, event: events_pb2.SubmissionReceived, delivery: bus.Delivery) -> None:
+        try:
+            data = await self._ctx.blob_store().get(event.blob_key)
+        except BlobNotFoundError as exc:
+            raise bus.PermanentError(f"source blob {event.blob_key} is missing") from exc
+        try:
+            samples = await samples_of(
+                common_pb2.AudioInput(encoded=data),
+                ffmpeg=self._ctx.settings.ffmpeg,
+                max_seconds=self._ctx.settings.max_duration_s,
+            )
+        except AudioDecodeError as exc:
+            raise bus.PermanentError(f"cannot decode source: {exc}") from exc
+        await delivery.still_working()
+        landmarks = await fingerprint(samples)
+        extracted = events_pb2.FingerprintExtracted(submission=event, landmarks=landmarks)
+        await bus.publish(
+            self._ctx.js, bus.FINGERPRINT_EXTRACTED, extracted, f"extracted:{event.submission_id}"
+        )
+
+    async def give_up(self, event: events_pb2.SubmissionReceived, error: str) -> None:
+        await bus.publish_rejection(
+            self._ctx.js,
+            event.submission_id,
+            "fingerprint",
+            common_pb2.REJECTION_CODE_PROCESSING_FAILED,
+            error,
+        )
+
+
+async def run() -> None:
+    ctx = await start_context("fingerprint", use_blobs=True)
+    worker = SubmissionFingerprinter(ctx)
+    ctx.consumers.append(
+        bus.Consumer(
+            ctx.js,
+            role="fingerprint",
+            subject=bus.SUBMISSION_RECEIVED,
+            message_type=events_pb2.SubmissionReceived,
+            handler=worker.handle,
+            on_give_up=worker.give_up,
+            concurrency=ctx.settings.workers,
+        )
+    )
+    servicer = FingerprintServicer(ctx)
+    await run_server(
+        bind=ctx.settings.grpc_bind,
+        full_service_names=[SERVICE_NAME],
+        register=lambda server: fingerprint_pb2_grpc.add_FingerprintServiceServicer_to_server(
+            servicer, server
+        ),
+        health_checks=ctx.health_checks(),
+        background=ctx.background_jobs(),
+        on_shutdown=ctx.close,
+    )

@@ -1,0 +1,50 @@
+"""Audio in, landmark fingerprint out: the domain step shared by the RPC and the consumer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from earmark.v1 import common_pb2
+from earmark_runtime.audio import AudioDecodeError, decode_audio, pcm16_to_float
+
+from .landmarks import ALGORITHM_VERSION, SAMPLE_RATE_HZ, Landmarks, extract_landmarks
+
+
+def to_proto(landmarks: Landmarks) -> common_pb2.LandmarkFingerprint:
+    return common_pb2.LandmarkFingerprint(
+        algorithm_version=ALGORITHM_VERSION,
+        frame_rate_hz=landmarks.frame_rate_hz,
+        hashes=np.ascontiguousarray(landmarks.hashes, dtype="<u4").tobytes(),
+        times=np.ascontiguousarray(landmarks.times, dtype="<u4").tobytes(),
+        duration_s=landmarks.duration_s,
+    )
+
+
+async def samples_of(audio: common_pb2.AudioInput, *, ffmpeg: str, max_seconds: float) -> np.ndarray:
+    """Decode an AudioInput to float32 mono at the fingerprinter's rate."""
+    kind = audio.WhichOneof("source")
+    if kind == "encoded":
+        decoded = await decode_audio(
+            audio.encoded, sample_rate_hz=SAMPLE_RATE_HZ, ffmpeg=ffmpeg, max_seconds=max_seconds
+        )
+        samples = decoded.samples
+    elif kind == "pcm":
+        pcm = audio.pcm
+        if not pcm.samples:
+            raise AudioDecodeError("empty PCM audio")
+        samples = await asyncio.to_thread(
+            pcm16_to_float, pcm.samples, pcm.sample_rate_hz, pcm.channels or 1, SAMPLE_RATE_HZ
+        )
+    else:
+        raise AudioDecodeError("no audio given: set audio.encoded or audio.pcm")
+    if len(samples) > max_seconds * SAMPLE_RATE_HZ:
+        raise AudioDecodeError(f"audio is longer than the {max_seconds:.0f} s limit")
+    return samples
+
+
+async def fingerprint(samples: np.ndarray) -> common_pb2.LandmarkFingerprint:
+    # numpy/scipy release the GIL for the heavy parts; keep the event loop free.
+    landmarks = await asyncio.to_thread(extract_landmarks, samples)
+    return to_proto(landmarks)

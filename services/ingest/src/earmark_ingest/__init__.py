@@ -1,0 +1,1 @@
+"""Earmark ingest service."""

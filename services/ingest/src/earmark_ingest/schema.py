@@ -1,0 +1,40 @@
+"""Submission table, applied by earmark_runtime.db.migrate.
+
+`published` is a one-row outbox: the row is committed first, the event is
+published next, and the flag set last. A crash in between leaves the row
+unpublished, and the outbox sweeper publishes it again (the stream drops the
+duplicate if the first publish did land).
+"""
+
+SCHEMA = "ingest"
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE submissions (
+        submission_id     uuid PRIMARY KEY,
+        external_id       text NOT NULL,
+        filename          text NOT NULL DEFAULT '',
+        state             smallint NOT NULL,
+        rejection_code    smallint NOT NULL DEFAULT 0,
+        rejection_message text NOT NULL DEFAULT '',
+        duplicate_of      text NOT NULL DEFAULT '',
+        track_id          uuid,
+        title             text NOT NULL DEFAULT '',
+        artist            text NOT NULL DEFAULT '',
+        album             text NOT NULL DEFAULT '',
+        isrc              text NOT NULL DEFAULT '',
+        extra             jsonb NOT NULL DEFAULT '{}',
+        duration_s        double precision NOT NULL DEFAULT 0,
+        size_bytes        bigint NOT NULL DEFAULT 0,
+        source_sha256     text NOT NULL DEFAULT '',
+        source_format     text NOT NULL DEFAULT '',
+        blob_key          text NOT NULL DEFAULT '',
+        published         boolean NOT NULL DEFAULT false,
+        created_at        timestamptz NOT NULL DEFAULT now(),
+        updated_at        timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX submissions_unpublished_idx ON submissions (created_at) WHERE NOT published;
+    CREATE INDEX submissions_external_id_idx ON submissions (external_id);
+    CREATE INDEX submissions_sha_idx ON submissions (source_sha256);
+    """,
+)

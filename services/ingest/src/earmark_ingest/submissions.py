@@ -1,0 +1,203 @@
+"""The submissions store: every upload and the state it reached."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from earmark.v1 import common_pb2, events_pb2
+
+from .schema import SCHEMA
+
+RECEIVED = common_pb2.SUBMISSION_STATE_RECEIVED
+FINGERPRINTED = common_pb2.SUBMISSION_STATE_FINGERPRINTED
+INDEXED = common_pb2.SUBMISSION_STATE_INDEXED
+REJECTED = common_pb2.SUBMISSION_STATE_REJECTED
+
+_COLUMNS = (
+    "submission_id::text AS submission_id, external_id, filename, state, rejection_code, "
+    "rejection_message, duplicate_of, coalesce(track_id::text, '') AS track_id, title, artist, "
+    "album, isrc, extra, duration_s, source_sha256, source_format, blob_key, "
+    "extract(epoch FROM created_at)::float8 AS created, "
+    "extract(epoch FROM updated_at)::float8 AS updated"
+)
+
+
+@dataclass(frozen=True)
+class NewSubmission:
+    submission_id: str
+    external_id: str
+    filename: str
+    metadata: common_pb2.TrackMetadata
+    duration_s: float
+    size_bytes: int
+    source_sha256: str
+    source_format: str
+    blob_key: str
+
+    def received_event(self) -> events_pb2.SubmissionReceived:
+        return events_pb2.SubmissionReceived(
+            submission_id=self.submission_id,
+            external_id=self.external_id,
+            blob_key=self.blob_key,
+            source_sha256=self.source_sha256,
+            source_format=self.source_format,
+            metadata=self.metadata,
+            duration_s=self.duration_s,
+        )
+
+
+def row_to_proto(row: dict[str, Any]) -> common_pb2.Submission:
+    extra = row["extra"]
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    sub = common_pb2.Submission(
+        submission_id=row["submission_id"],
+        external_id=row["external_id"],
+        filename=row["filename"],
+        state=row["state"],
+        track_id=row["track_id"],
+        metadata=common_pb2.TrackMetadata(
+            title=row["title"], artist=row["artist"], album=row["album"], isrc=row["isrc"],
+            extra=dict(extra or {}),
+        ),
+        duration_s=row["duration_s"],
+    )  # fmt: skip
+    if row["state"] == REJECTED:
+        sub.rejection.CopyFrom(
+            common_pb2.Rejection(
+                code=row["rejection_code"],
+                message=row["rejection_message"],
+                duplicate_of_track_id=row["duplicate_of"],
+            )
+        )
+    sub.created_at.FromNanoseconds(int(row["created"] * 1e9))
+    sub.updated_at.FromNanoseconds(int(row["updated"] * 1e9))
+    return sub
+
+
+def row_to_event(row: dict[str, Any]) -> events_pb2.SubmissionReceived:
+    extra = row["extra"]
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    return events_pb2.SubmissionReceived(
+        submission_id=row["submission_id"],
+        external_id=row["external_id"],
+        blob_key=row["blob_key"],
+        source_sha256=row["source_sha256"],
+        source_format=row["source_format"],
+        metadata=common_pb2.TrackMetadata(
+            title=row["title"], artist=row["artist"], album=row["album"], isrc=row["isrc"],
+            extra=dict(extra or {}),
+        ),
+        duration_s=row["duration_s"],
+    )  # fmt: skip
+
+
+class Submissions:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def create(self, new: NewSubmission) -> common_pb2.Submission:
+        m = new.metadata
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"""
+                INSERT INTO {SCHEMA}.submissions (submission_id, external_id, filename, state,
+                    title, artist, album, isrc, extra, duration_s, size_bytes, source_sha256,
+                    source_format, blob_key)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                RETURNING {_COLUMNS}
+                """,  # noqa: S608 - SCHEMA and _COLUMNS are module constants
+                (
+                    new.submission_id, new.external_id, new.filename, RECEIVED, m.title,
+                    m.artist, m.album, m.isrc, json.dumps(dict(m.extra)), new.duration_s,
+                    new.size_bytes, new.source_sha256, new.source_format, new.blob_key,
+                ),
+            )  # fmt: skip
+            row = await cur.fetchone()
+        assert row is not None
+        return row_to_proto(row)
+
+    async def mark_published(self, submission_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                f"UPDATE {SCHEMA}.submissions SET published = true WHERE submission_id = %s",  # noqa: S608
+                (submission_id,),
+            )
+
+    async def unpublished(self, older_than_s: float, limit: int = 100) -> list[events_pb2.SubmissionReceived]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM {SCHEMA}.submissions WHERE NOT published "  # noqa: S608
+                "AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT %s",
+                (older_than_s, limit),
+            )
+            rows = await cur.fetchall()
+        return [row_to_event(r) for r in rows]
+
+    async def get_many(self, ids: list[str]) -> list[common_pb2.Submission]:
+        if not ids:
+            return []
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM {SCHEMA}.submissions WHERE submission_id = ANY(%s::uuid[])",  # noqa: S608
+                (ids,),
+            )
+            rows = await cur.fetchall()
+        by_id = {r["submission_id"]: row_to_proto(r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    async def advance(self, submission_id: str, state: int, track_id: str = "") -> bool:
+        """Move forward only: a late FINGERPRINTED never undoes INDEXED or REJECTED."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"""
+                UPDATE {SCHEMA}.submissions
+                SET state = %s, track_id = coalesce(nullif(%s, '')::uuid, track_id), updated_at = now()
+                WHERE submission_id = %s AND state < %s AND state <> %s
+                """,  # noqa: S608
+                (state, track_id, submission_id, state, REJECTED),
+            )
+            return cur.rowcount > 0
+
+    async def reject(self, submission_id: str, rejection: common_pb2.Rejection) -> bool:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"""
+                UPDATE {SCHEMA}.submissions
+                SET state = %s, rejection_code = %s, rejection_message = %s, duplicate_of = %s,
+                    updated_at = now()
+                WHERE submission_id = %s AND state <> %s
+                """,  # noqa: S608
+                (
+                    REJECTED, rejection.code, rejection.message, rejection.duplicate_of_track_id,
+                    submission_id, REJECTED,
+                ),
+            )  # fmt: skip
+            return cur.rowcount > 0
+
+    async def blob_still_needed(self, blob_key: str, except_id: str) -> bool:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT 1 FROM {SCHEMA}.submissions WHERE blob_key = %s "  # noqa: S608
+                "AND submission_id <> %s AND state <> %s LIMIT 1",
+                (blob_key, except_id, REJECTED),
+            )
+            return await cur.fetchone() is not None
+
+    async def blob_key_of(self, submission_id: str) -> str:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT blob_key FROM {SCHEMA}.submissions WHERE submission_id = %s",  # noqa: S608
+                (submission_id,),
+            )
+            row = await cur.fetchone()
+        return str(row[0]) if row else ""

@@ -1,0 +1,177 @@
+"""The search service: the catalog's gRPC API and the indexing consumer."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from earmark.v1 import (
+    common_pb2,
+    events_pb2,
+    fingerprint_pb2,
+    fingerprint_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
+from earmark_runtime import bus
+from earmark_runtime.server import grpc_options, run_server
+from earmark_runtime.service import ServiceContext, start_context
+from earmark_runtime.telemetry import client_interceptors
+
+from .catalog import Catalog, is_uuid
+from .identify import identify
+from .schema import MIGRATIONS, SCHEMA
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+MAX_PAGE_SIZE = 1000
+
+
+class SearchServicer(search_pb2_grpc.SearchServiceServicer):
+    def __init__(
+        self, ctx: ServiceContext, catalog: Catalog, fingerprinter: fingerprint_pb2_grpc.FingerprintServiceStub
+    ) -> None:
+        self._ctx = ctx
+        self._catalog = catalog
+        self._fingerprinter = fingerprinter
+
+    async def Identify(
+        self, request: search_pb2.IdentifyRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.IdentifyResponse:
+        audio = request.audio
+        size = len(audio.encoded) if audio.WhichOneof("source") == "encoded" else len(audio.pcm.samples)
+        if size == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no audio given: the clip is empty")
+        try:
+            extracted = await self._fingerprinter.ExtractFingerprint(
+                fingerprint_pb2.ExtractFingerprintRequest(audio=audio), timeout=30
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.details() or "bad audio")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"fingerprint service unavailable: {exc.code().name}"
+            )
+        landmarks = extracted.landmarks
+        if landmarks.duration_s > self._ctx.settings.max_clip_s:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"clip is {landmarks.duration_s:.1f} s; identify takes at most "
+                f"{self._ctx.settings.max_clip_s:.0f} s",
+            )
+        try:
+            return await identify(self._catalog, landmarks, max(1, request.max_matches))
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"catalog unavailable: {exc}")
+        raise AssertionError("unreachable")
+
+    async def GetTrack(
+        self, request: search_pb2.GetTrackRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.GetTrackResponse:
+        if not is_uuid(request.track_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID")
+        track = await self._catalog.get_track(request.track_id)
+        if track is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
+        assert track is not None
+        return search_pb2.GetTrackResponse(track=track.to_proto())
+
+    async def ListTracks(
+        self, request: search_pb2.ListTracksRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.ListTracksResponse:
+        size = min(request.page_size or 100, MAX_PAGE_SIZE)
+        after = 0
+        if request.page_token:
+            try:
+                after = int(request.page_token)
+            except ValueError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed page_token")
+        rows, total = await self._catalog.list_tracks(after, size)
+        next_token = str(rows[-1].track_key) if len(rows) == size else ""
+        return search_pb2.ListTracksResponse(
+            tracks=[r.to_proto() for r in rows], next_page_token=next_token, total_count=total
+        )
+
+    async def DeleteTrack(
+        self, request: search_pb2.DeleteTrackRequest, context: grpc.aio.ServicerContext
+    ) -> search_pb2.DeleteTrackResponse:
+        if not is_uuid(request.track_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID")
+        if not await self._catalog.delete_track(request.track_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
+        await bus.publish(
+            self._ctx.js,
+            bus.TRACK_DELETED,
+            events_pb2.TrackDeleted(track_id=request.track_id),
+            f"deleted:{request.track_id}",
+        )
+        return search_pb2.DeleteTrackResponse()
+
+
+class Indexer:
+    """Consumer of earmark.fingerprint.extracted: writes the landmarks to the catalog."""
+
+    def __init__(self, ctx: ServiceContext, catalog: Catalog) -> None:
+        self._ctx = ctx
+        self._catalog = catalog
+
+    async def handle(self, event: events_pb2.FingerprintExtracted, delivery: bus.Delivery) -> None:
+        if not is_uuid(event.submission.submission_id):
+            raise bus.PermanentError(f"bad submission id {event.submission.submission_id!r}")
+        try:
+            await self._catalog.index_track(event)
+        except ValueError as exc:
+            raise bus.PermanentError(str(exc)) from exc
+        indexed = events_pb2.TrackIndexed(
+            submission_id=event.submission.submission_id,
+            track_id=event.submission.submission_id,
+            landmark_count=len(event.landmarks.hashes) // 4,
+        )
+        await bus.publish(
+            self._ctx.js, bus.TRACK_INDEXED, indexed, f"indexed:{event.submission.submission_id}"
+        )
+
+    async def give_up(self, event: events_pb2.FingerprintExtracted, error: str) -> None:
+        await bus.publish_rejection(
+            self._ctx.js,
+            event.submission.submission_id,
+            "search",
+            common_pb2.REJECTION_CODE_PROCESSING_FAILED,
+            error,
+        )
+
+
+async def run() -> None:
+    ctx = await start_context("search", migrations=[(SCHEMA, MIGRATIONS)])
+    catalog = Catalog(ctx.db())
+    channel = grpc.aio.insecure_channel(
+        ctx.settings.fingerprint_addr, options=grpc_options(), interceptors=client_interceptors()
+    )
+    fingerprinter = fingerprint_pb2_grpc.FingerprintServiceStub(channel)
+    indexer = Indexer(ctx, catalog)
+    ctx.consumers.append(
+        bus.Consumer(
+            ctx.js,
+            role="search",
+            subject=bus.FINGERPRINT_EXTRACTED,
+            message_type=events_pb2.FingerprintExtracted,
+            handler=indexer.handle,
+            on_give_up=indexer.give_up,
+            concurrency=ctx.settings.workers,
+        )
+    )
+    servicer = SearchServicer(ctx, catalog, fingerprinter)
+
+    async def shutdown() -> None:
+        await ctx.close()
+        await channel.close()
+
+    await run_server(
+        bind=ctx.settings.grpc_bind,
+        full_service_names=[SERVICE_NAME],
+        register=lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, server),
+        health_checks=ctx.health_checks(),
+        background=ctx.background_jobs(),
+        on_shutdown=shutdown,
+    )

@@ -1,0 +1,243 @@
+"""The catalog store: tracks and their landmark index in PostgreSQL.
+
+Writes go through binary COPY built with numpy (no per-row Python work), and
+lookups come back through binary COPY parsed with numpy, so a clip's postings
+cost one round trip whatever their number.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from earmark.v1 import common_pb2, events_pb2
+
+from .schema import SCHEMA
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+# One binary COPY row of three int4 columns: field count, then (length, value) per field.
+_ROW3 = np.dtype(
+    [("n", ">i2"), ("l1", ">i4"), ("hash", ">i4"), ("l2", ">i4"), ("track", ">i4"),
+     ("l3", ">i4"), ("t", ">i4")]
+)  # fmt: skip
+
+
+def encode_postings(hashes: np.ndarray, track_key: int, times: np.ndarray) -> bytes:
+    rows = np.empty(len(hashes), dtype=_ROW3)
+    rows["n"] = 3
+    rows["l1"] = rows["l2"] = rows["l3"] = 4
+    rows["hash"] = hashes.astype("<u4").view("<i4")
+    rows["track"] = track_key
+    rows["t"] = times.astype("<i4")
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
+
+
+def decode_postings(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse `COPY (SELECT hash, track_key, t ...) TO STDOUT (FORMAT BINARY)` output."""
+    body = data[len(_COPY_HEADER) : len(data) - len(_COPY_TRAILER)]
+    rows = np.frombuffer(body, dtype=_ROW3)
+    return (
+        rows["hash"].astype("<i4").view("<u4"),
+        rows["track"].astype(np.int64),
+        rows["t"].astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class TrackRow:
+    track_key: int
+    track_id: str
+    external_id: str
+    title: str
+    artist: str
+    album: str
+    isrc: str
+    extra: dict[str, str]
+    duration_s: float
+    source_sha256: str
+    source_format: str
+    landmark_count: int
+    indexed_at_epoch: float
+
+    def to_proto(self) -> common_pb2.Track:
+        track = common_pb2.Track(
+            track_id=self.track_id,
+            external_id=self.external_id,
+            metadata=common_pb2.TrackMetadata(
+                title=self.title, artist=self.artist, album=self.album, isrc=self.isrc,
+                extra=self.extra,
+            ),
+            duration_s=self.duration_s,
+            source_sha256=self.source_sha256,
+            source_format=self.source_format,
+            landmark_count=self.landmark_count,
+        )  # fmt: skip
+        track.indexed_at.FromNanoseconds(int(self.indexed_at_epoch * 1e9))
+        return track
+
+
+_TRACK_COLUMNS = (
+    "track_key, track_id::text AS track_id, external_id, title, artist, album, isrc, extra, "
+    "duration_s, source_sha256, source_format, landmark_count, "
+    "extract(epoch FROM indexed_at)::float8 AS indexed_at_epoch"
+)
+
+
+def _row_to_track(row: dict[str, object]) -> TrackRow:
+    extra = row["extra"]
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    return TrackRow(**{**row, "extra": dict(extra or {})})  # type: ignore[arg-type]
+
+
+class Catalog:
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def index_track(self, event: events_pb2.FingerprintExtracted) -> int:
+        """Insert or replace the track of a submission with its landmarks, atomically.
+
+        Idempotent: a redelivered event replaces the track's landmarks with the
+        same ones, so no posting is ever doubled.
+        """
+        sub = event.submission
+        lm = event.landmarks
+        hashes = np.frombuffer(lm.hashes, dtype="<u4")
+        times = np.frombuffer(lm.times, dtype="<u4")
+        if hashes.shape != times.shape:
+            raise ValueError("landmark hashes and times differ in length")
+        meta = sub.metadata
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"""
+                INSERT INTO {SCHEMA}.tracks (track_id, external_id, title, artist, album, isrc,
+                    extra, duration_s, source_sha256, source_format, blob_key, landmark_count,
+                    algorithm_version, frame_rate_hz)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (track_id) DO UPDATE SET
+                    external_id = EXCLUDED.external_id, title = EXCLUDED.title,
+                    artist = EXCLUDED.artist, album = EXCLUDED.album, isrc = EXCLUDED.isrc,
+                    extra = EXCLUDED.extra, duration_s = EXCLUDED.duration_s,
+                    source_sha256 = EXCLUDED.source_sha256,
+                    source_format = EXCLUDED.source_format, blob_key = EXCLUDED.blob_key,
+                    landmark_count = EXCLUDED.landmark_count,
+                    algorithm_version = EXCLUDED.algorithm_version,
+                    frame_rate_hz = EXCLUDED.frame_rate_hz, indexed_at = now()
+                RETURNING track_key
+                """,  # noqa: S608 - SCHEMA is a module constant, values are parameters
+                (
+                    sub.submission_id, sub.external_id, meta.title, meta.artist, meta.album,
+                    meta.isrc, json.dumps(dict(meta.extra)), lm.duration_s or sub.duration_s,
+                    sub.source_sha256, sub.source_format, sub.blob_key, len(hashes),
+                    lm.algorithm_version, lm.frame_rate_hz,
+                ),
+            )  # fmt: skip
+            row = await cur.fetchone()
+            assert row is not None
+            track_key = int(row[0])
+            await self._drop_landmarks(conn, track_key)
+            await conn.execute(
+                f"INSERT INTO {SCHEMA}.fingerprints (track_key, hashes, times) VALUES (%s, %s, %s)",  # noqa: S608
+                (track_key, hashes.view("<i4").tolist(), times.view("<i4").tolist()),
+            )
+            if len(hashes):
+                async with conn.cursor().copy(
+                    f"COPY {SCHEMA}.landmarks (hash, track_key, t) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    await copy.write(encode_postings(hashes, track_key, times))
+        return track_key
+
+    async def _drop_landmarks(self, conn: AsyncConnection, track_key: int) -> None:
+        # Delete through the hash index using the track's own hash list, so no
+        # second index on track_key is needed.
+        await conn.execute(
+            f"""
+            DELETE FROM {SCHEMA}.landmarks l
+            USING (SELECT DISTINCT unnest(hashes) AS hash FROM {SCHEMA}.fingerprints
+                   WHERE track_key = %s) f
+            WHERE l.hash = f.hash AND l.track_key = %s
+            """,  # noqa: S608
+            (track_key, track_key),
+        )
+        await conn.execute(f"DELETE FROM {SCHEMA}.fingerprints WHERE track_key = %s", (track_key,))  # noqa: S608
+
+    async def postings(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip."""
+        unique = np.unique(hashes.astype("<u4")).view("<i4")
+        if unique.size == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return np.empty(0, dtype="<u4"), empty, empty
+        literal = "{" + ",".join(map(str, unique.tolist())) + "}"
+        chunks: list[bytes] = []
+        async with self._pool.connection() as conn:
+            async with conn.cursor().copy(
+                f"COPY (SELECT hash, track_key, t FROM {SCHEMA}.landmarks "  # noqa: S608
+                "WHERE hash = ANY(%s::integer[])) TO STDOUT (FORMAT BINARY)",
+                (literal,),
+            ) as copy:
+                async for chunk in copy:
+                    chunks.append(bytes(chunk))
+        return decode_postings(b"".join(chunks))
+
+    async def tracks_by_key(self, keys: list[int]) -> dict[int, TrackRow]:
+        if not keys:
+            return {}
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_TRACK_COLUMNS} FROM {SCHEMA}.tracks WHERE track_key = ANY(%s)",  # noqa: S608
+                (keys,),
+            )
+            rows = await cur.fetchall()
+        return {int(r["track_key"]): _row_to_track(r) for r in rows}
+
+    async def get_track(self, track_id: str) -> TrackRow | None:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_TRACK_COLUMNS} FROM {SCHEMA}.tracks WHERE track_id = %s",  # noqa: S608
+                (track_id,),
+            )
+            row = await cur.fetchone()
+        return _row_to_track(row) if row else None
+
+    async def list_tracks(self, after_key: int, limit: int) -> tuple[list[TrackRow], int]:
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_TRACK_COLUMNS} FROM {SCHEMA}.tracks WHERE track_key > %s "  # noqa: S608
+                "ORDER BY track_key LIMIT %s",
+                (after_key, limit),
+            )
+            rows = await cur.fetchall()
+            total_cur = await conn.execute(f"SELECT count(*) FROM {SCHEMA}.tracks")  # noqa: S608
+            total_row = await total_cur.fetchone()
+        return [_row_to_track(r) for r in rows], int(total_row[0]) if total_row else 0
+
+    async def delete_track(self, track_id: str) -> bool:
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"SELECT track_key FROM {SCHEMA}.tracks WHERE track_id = %s FOR UPDATE",  # noqa: S608
+                (track_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            await self._drop_landmarks(conn, int(row[0]))
+            await conn.execute(f"DELETE FROM {SCHEMA}.tracks WHERE track_key = %s", (row[0],))  # noqa: S608
+        return True
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,51 @@
+"""Identification: clip landmarks -> postings -> offset vote -> ranked tracks."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from earmark.v1 import common_pb2, search_pb2
+
+from .catalog import Catalog
+from .matching import rank_matches
+
+
+@dataclass(frozen=True)
+class IdentifyOutcome:
+    response: search_pb2.IdentifyResponse
+
+
+async def identify(
+    catalog: Catalog, landmarks: common_pb2.LandmarkFingerprint, max_matches: int
+) -> search_pb2.IdentifyResponse:
+    hashes = np.frombuffer(landmarks.hashes, dtype="<u4")
+    times = np.frombuffer(landmarks.times, dtype="<u4").astype(np.int64)
+    response = search_pb2.IdentifyResponse(
+        query_duration_s=landmarks.duration_s, query_landmarks=len(hashes)
+    )
+    if hashes.size == 0:
+        return response
+    p_hash, p_track, p_time = await catalog.postings(hashes)
+    ranked = await asyncio.to_thread(
+        rank_matches, hashes, times, p_hash, p_track, p_time, max_matches=max_matches
+    )
+    if not ranked:
+        return response
+    tracks = await catalog.tracks_by_key([m.track_key for m in ranked])
+    frame_s = 1.0 / landmarks.frame_rate_hz if landmarks.frame_rate_hz else 0.0
+    for match in ranked:
+        track = tracks.get(match.track_key)
+        if track is None:  # deleted between the lookup and now
+            continue
+        response.matches.append(
+            search_pb2.Match(
+                track=track.to_proto(),
+                offset_s=match.offset_frames * frame_s,
+                score=float(match.score),
+                confidence=match.confidence,
+            )
+        )
+    return response

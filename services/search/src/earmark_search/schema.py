@@ -1,0 +1,49 @@
+"""Catalog schema, applied in order by earmark_runtime.db.migrate.
+
+Landmarks are stored twice, as acoustid-server does with its fingerprints:
+- `fingerprints`: one row per track with its hashes and times as integer
+  arrays (compact, TOASTed and compressed) — the exact data, used to delete or
+  re-index a track without scanning the index;
+- `landmarks`: the inverted index, one narrow row per (hash, track, time) with
+  a B-tree on hash. Lookups fetch every posting of a clip's hashes in one
+  query; the offset vote runs in numpy.
+Hashes are unsigned 32-bit values stored in signed `integer` columns
+(bit-for-bit), never as byte strings.
+"""
+
+SCHEMA = "catalog"
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tracks (
+        track_key         integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        track_id          uuid NOT NULL UNIQUE,
+        external_id       text NOT NULL,
+        title             text NOT NULL DEFAULT '',
+        artist            text NOT NULL DEFAULT '',
+        album             text NOT NULL DEFAULT '',
+        isrc              text NOT NULL DEFAULT '',
+        extra             jsonb NOT NULL DEFAULT '{}',
+        duration_s        double precision NOT NULL,
+        source_sha256     text NOT NULL,
+        source_format     text NOT NULL DEFAULT '',
+        blob_key          text NOT NULL,
+        landmark_count    integer NOT NULL,
+        algorithm_version integer NOT NULL,
+        frame_rate_hz     double precision NOT NULL,
+        indexed_at        timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX tracks_external_id_idx ON tracks (external_id);
+    CREATE TABLE fingerprints (
+        track_key integer PRIMARY KEY REFERENCES tracks (track_key) ON DELETE CASCADE,
+        hashes    integer[] NOT NULL,
+        times     integer[] NOT NULL
+    );
+    CREATE TABLE landmarks (
+        hash      integer NOT NULL,
+        track_key integer NOT NULL,
+        t         integer NOT NULL
+    ) WITH (fillfactor = 100, autovacuum_vacuum_insert_scale_factor = 0.5);
+    CREATE INDEX landmarks_hash_idx ON landmarks (hash) WITH (fillfactor = 95);
+    """,
+)

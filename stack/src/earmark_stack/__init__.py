@@ -1,0 +1,5 @@
+"""The embedded Earmark stack: everything on one machine, state under $EARMARK_HOME."""
+
+from .stack import StackError, StackInfo, down, read_info, up
+
+__all__ = ["StackError", "StackInfo", "down", "read_info", "up"]

@@ -1,0 +1,199 @@
+"""`earmark up` / `earmark down`: the whole system as background processes on one machine.
+
+Ports are chosen free at start and recorded in $EARMARK_HOME/stack.json, which
+every other `earmark` command (and the SDK) reads to find the services.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .processes import (
+    StackError,
+    ensure_database,
+    free_port,
+    nats_server_binary,
+    pid_alive,
+    spawn,
+    start_postgres,
+    stop_pid,
+    stop_postgres,
+    wait_for_port,
+)
+
+SERVICES = ("fingerprint", "search", "ingest", "features")
+INFO_FILE = "stack.json"
+
+__all__ = ["StackError", "StackInfo", "down", "read_info", "up"]
+
+
+@dataclass
+class StackInfo:
+    home: str
+    nats_url: str
+    nats_pid: int
+    database_url: str
+    pgdata: str
+    blob_url: str
+    services: dict[str, dict[str, int | str]] = field(default_factory=dict)
+
+    def addr(self, service: str) -> str:
+        return str(self.services[service]["addr"])
+
+
+def read_info(home: Path) -> StackInfo | None:
+    path = home / INFO_FILE
+    if not path.exists():
+        return None
+    return StackInfo(**json.loads(path.read_text()))
+
+
+def _write_info(home: Path, info: StackInfo) -> None:
+    tmp = home / (INFO_FILE + ".tmp")
+    tmp.write_text(json.dumps(asdict(info), indent=2))
+    tmp.replace(home / INFO_FILE)
+
+
+def _nats_config(home: Path, port: int, monitor_port: int) -> Path:
+    store = home / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    conf = home / "nats.conf"
+    conf.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        f"http: 127.0.0.1:{monitor_port}\n"
+        # Fingerprints of long tracks travel inline in events.
+        "max_payload: 8MB\n"
+        f'jetstream {{\n  store_dir: "{store}"\n  max_memory_store: 256MB\n}}\n'
+    )
+    return conf
+
+
+def wait_serving(addr: str, timeout_s: float, what: str, pid: int) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                raise StackError(f"{what} exited during start-up")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.2)
+    raise StackError(f"{what} not SERVING after {timeout_s:.0f} s (last: {last})")
+
+
+def up(
+    home: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    progress: Callable[[str], None] = lambda _msg: None,
+    timeout_s: float = 90.0,
+) -> StackInfo:
+    """Start nats-server, PostgreSQL and the services; return once all are SERVING."""
+    home.mkdir(parents=True, exist_ok=True)
+    existing = read_info(home)
+    if existing is not None and pid_alive(existing.nats_pid):
+        alive = all(pid_alive(int(s["pid"])) for s in existing.services.values())
+        if alive:
+            progress(f"stack already running under {home}")
+            return existing
+        down(home)
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+
+    nats_port, monitor_port, pg_port = free_port(), free_port(), free_port()
+    progress(f"starting nats-server on 127.0.0.1:{nats_port}")
+    conf = _nats_config(home, nats_port, monitor_port)
+    nats_pid = spawn([nats_server_binary(), "-c", str(conf)], logs / "nats.log")
+    wait_for_port(nats_port, 20, "nats-server", nats_pid)
+
+    pgdata = home / "pgdata"
+    info = StackInfo(
+        home=str(home),
+        nats_url=f"nats://127.0.0.1:{nats_port}",
+        nats_pid=nats_pid,
+        database_url=f"postgresql://earmark@127.0.0.1:{pg_port}/earmark",
+        pgdata=str(pgdata),
+        blob_url=(extra_env or {}).get("EARMARK_BLOB_URL", "nats://earmark-blobs"),
+    )
+    # Recorded before anything else starts, so `down` can clean up a failed start.
+    _write_info(home, info)
+    try:
+        progress(f"starting PostgreSQL on 127.0.0.1:{pg_port}")
+        start_postgres(pgdata, pg_port, logs / "postgres.log")
+        ensure_database(pg_port, "earmark")
+        _start_services(home, info, extra_env, progress, timeout_s)
+    except BaseException:
+        down(home)
+        raise
+    return info
+
+
+def _start_services(
+    home: Path,
+    info: StackInfo,
+    extra_env: dict[str, str] | None,
+    progress: Callable[[str], None],
+    timeout_s: float,
+) -> None:
+    logs = home / "logs"
+    ports = {name: free_port() for name in SERVICES}
+    for name in SERVICES:
+        env = {
+            **os.environ,
+            "EARMARK_HOME": str(home),
+            "EARMARK_GRPC_HOST": "127.0.0.1",
+            "EARMARK_GRPC_PORT": str(ports[name]),
+            "EARMARK_NATS_URL": info.nats_url,
+            "EARMARK_DATABASE_URL": info.database_url,
+            "EARMARK_BLOB_URL": info.blob_url,
+            "EARMARK_FINGERPRINT_ADDR": f"127.0.0.1:{ports['fingerprint']}",
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        pid = spawn([sys.executable, "-m", f"earmark_{name}"], logs / f"{name}.log", env)
+        info.services[name] = {"addr": f"127.0.0.1:{ports[name]}", "pid": pid}
+        progress(f"started {name} (pid {pid}) on 127.0.0.1:{ports[name]}")
+    _write_info(home, info)
+    try:
+        for name in SERVICES:
+            wait_serving(info.addr(name), timeout_s, name, int(info.services[name]["pid"]))
+            progress(f"{name} is SERVING")
+    except StackError as exc:
+        log_tail = ""
+        for name in SERVICES:
+            path = logs / f"{name}.log"
+            if path.exists():
+                log_tail += f"\n--- {name}.log ---\n" + path.read_text(errors="replace")[-1500:]
+        raise StackError(f"{exc}{log_tail}") from exc
+
+
+def down(home: Path, progress: Callable[[str], None] = lambda _msg: None) -> bool:
+    """Stop everything `up` started under `home`. Returns False if nothing was running."""
+    info = read_info(home)
+    if info is None:
+        return False
+    for name in reversed(SERVICES):
+        if name in info.services:
+            stop_pid(int(info.services[name]["pid"]))
+            progress(f"stopped {name}")
+    stop_postgres(Path(info.pgdata))
+    progress("stopped PostgreSQL")
+    stop_pid(info.nats_pid)
+    progress("stopped nats-server")
+    (home / INFO_FILE).unlink(missing_ok=True)
+    return True
