@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import TextIO
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout) -> None:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO = sys.stdout
+) -> None:
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):

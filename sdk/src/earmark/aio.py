@@ -19,8 +19,9 @@ from .results import Identification, Submission, Track
 class AsyncEarmark:
     """`async with AsyncEarmark() as em: match = (await em.identify(clip)).match`"""
 
-    def __init__(self, *, ingest: str | None = None, search: str | None = None,
-                 timeout_s: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self, *, ingest: str | None = None, search: str | None = None, timeout_s: float = 60.0
+    ) -> None:
         ends = resolve(ingest=ingest, search=search)
         self._ingest_channel = grpc.aio.insecure_channel(ends.ingest, options=CHANNEL_OPTIONS)
         self._search_channel = grpc.aio.insecure_channel(ends.search, options=CHANNEL_OPTIONS)
@@ -38,8 +39,13 @@ class AsyncEarmark:
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
 
-    async def upload(self, source: AudioSource, *, external_id: str | None = None,
-                     metadata: Mapping[str, str] | None = None) -> Submission:  # fmt: skip
+    async def upload(
+        self,
+        source: AudioSource,
+        *,
+        external_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Submission:
         data = await asyncio.to_thread(read_audio, source)
         name = Path(source).name if not isinstance(source, bytes) else ""
         ext_id = external_id or (str(source) if not isinstance(source, bytes) else "")
@@ -56,7 +62,9 @@ class AsyncEarmark:
         )
         return [Submission.from_proto(s) for s in reply.submissions]
 
-    async def wait(self, submission_ids: Sequence[str], *, timeout_s: float = 600.0) -> list[Submission]:
+    async def wait(
+        self, submission_ids: Sequence[str], *, timeout_s: float = 600.0
+    ) -> list[Submission]:
         deadline = time.monotonic() + timeout_s
         delay = 0.1
         while True:
@@ -81,7 +89,8 @@ class AsyncEarmark:
         token = ""
         while True:
             reply = await self._search.ListTracks(
-                search_pb2.ListTracksRequest(page_size=page_size, page_token=token), timeout=self._timeout
+                search_pb2.ListTracksRequest(page_size=page_size, page_token=token),
+                timeout=self._timeout,
             )
             for t in reply.tracks:
                 yield Track.from_proto(t)
@@ -90,4 +99,6 @@ class AsyncEarmark:
                 return
 
     async def delete_track(self, track_id: str) -> None:
-        await self._search.DeleteTrack(search_pb2.DeleteTrackRequest(track_id=track_id), timeout=self._timeout)
+        await self._search.DeleteTrack(
+            search_pb2.DeleteTrackRequest(track_id=track_id), timeout=self._timeout
+        )

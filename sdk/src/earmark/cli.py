@@ -17,9 +17,23 @@ from .discovery import earmark_home
 from .results import Submission
 
 AUDIO_SUFFIXES = {
-    ".mp3", ".flac", ".ogg", ".oga", ".opus", ".wav", ".m4a", ".aac", ".aif", ".aiff",
-    ".wma", ".mp4", ".webm", ".mka", ".ape", ".wv",
-}  # fmt: skip
+    ".mp3",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".wav",
+    ".m4a",
+    ".aac",
+    ".aif",
+    ".aiff",
+    ".wma",
+    ".mp4",
+    ".webm",
+    ".mka",
+    ".ape",
+    ".wv",
+}
 
 
 def _audio_files(paths: Sequence[str]) -> Iterator[Path]:
@@ -66,10 +80,15 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def _submission_rows(subs: Sequence[Submission]) -> list[tuple[object, ...]]:
     return [
-        (s.submission_id, s.state, s.track_id or "-",
-         f"{s.rejection_code}: {s.rejection_message}" if s.rejection_code else "", s.external_id)
+        (
+            s.submission_id,
+            s.state,
+            s.track_id or "-",
+            f"{s.rejection_code}: {s.rejection_message}" if s.rejection_code else "",
+            s.external_id,
+        )
         for s in subs
-    ]  # fmt: skip
+    ]
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -123,18 +142,29 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 continue
             match = result.match
             if args.json:
-                print(json.dumps({
-                    "clip": clip,
-                    "match": match.to_json() if match else None,
-                    "latency_ms": round(result.latency_ms, 1),
-                }))  # fmt: skip
+                print(
+                    json.dumps(
+                        {
+                            "clip": clip,
+                            "match": match.to_json() if match else None,
+                            "latency_ms": round(result.latency_ms, 1),
+                        }
+                    )
+                )
             elif match is None:
                 rows.append((clip, "no match", "", "", "", "", f"{result.latency_ms:.0f}"))
             else:
-                rows.append((
-                    clip, match.title or match.external_id, match.artist, f"{match.offset_s:.2f}",
-                    f"{match.score:.0f}", f"{match.confidence:.2f}", f"{result.latency_ms:.0f}",
-                ))  # fmt: skip
+                rows.append(
+                    (
+                        clip,
+                        match.title or match.external_id,
+                        match.artist,
+                        f"{match.offset_s:.2f}",
+                        f"{match.score:.0f}",
+                        f"{match.confidence:.2f}",
+                        f"{result.latency_ms:.0f}",
+                    )
+                )
     if not args.json:
         table(["clip", "match", "artist", "offset_s", "score", "confidence", "ms"], rows)
     return 0
@@ -163,9 +193,18 @@ def cmd_tracks(args: argparse.Namespace) -> int:
     else:
         table(
             ["track", "title", "artist", "duration_s", "landmarks", "external_id"],
-            [(t.track_id, t.title, t.artist, f"{t.duration_s:.1f}", t.landmark_count, t.external_id)
-             for t in tracks],
-        )  # fmt: skip
+            [
+                (
+                    t.track_id,
+                    t.title,
+                    t.artist,
+                    f"{t.duration_s:.1f}",
+                    t.landmark_count,
+                    t.external_id,
+                )
+                for t in tracks
+            ],
+        )
     return 0
 
 
@@ -178,10 +217,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="earmark", description="Music fingerprinting and identification.")
+    parser = argparse.ArgumentParser(
+        prog="earmark", description="Music fingerprinting and identification."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=fn)
         return p
@@ -190,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("down", cmd_down, "stop the embedded stack")
     p = add("ingest", cmd_ingest, "upload audio files or folders (recursively)")
     p.add_argument("paths", nargs="+")
-    p.add_argument("--wait", action="store_true", help="wait until every file is INDEXED or REJECTED")
+    p.add_argument(
+        "--wait", action="store_true", help="wait until every file is INDEXED or REJECTED"
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits at most")
     p.add_argument("--jobs", type=int, default=4, help="uploads in flight")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -217,7 +262,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         details = exc.details() if hasattr(exc, "details") else str(exc)
         print(f"earmark: {code_name}: {details}", file=sys.stderr)
         if code_name == "UNAVAILABLE":
-            print(f"is the stack running? (`earmark up`, EARMARK_HOME={earmark_home()})", file=sys.stderr)
+            print(
+                f"is the stack running? (`earmark up`, EARMARK_HOME={earmark_home()})",
+                file=sys.stderr,
+            )
         code = 1
     except TimeoutError as exc:
         print(f"earmark: {exc}", file=sys.stderr)

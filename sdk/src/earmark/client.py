@@ -31,8 +31,14 @@ class Earmark:
     ...     print(em.identify("clip.mp3").match)
     """
 
-    def __init__(self, *, ingest: str | None = None, search: str | None = None,
-                 features: str | None = None, timeout_s: float = 60.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        ingest: str | None = None,
+        search: str | None = None,
+        features: str | None = None,
+        timeout_s: float = 60.0,
+    ) -> None:
         ends = resolve(ingest=ingest, search=search, features=features)
         self._channels = [
             grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
@@ -53,8 +59,13 @@ class Earmark:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def upload(self, source: AudioSource, *, external_id: str | None = None,
-               metadata: Mapping[str, str] | None = None) -> Submission:  # fmt: skip
+    def upload(
+        self,
+        source: AudioSource,
+        *,
+        external_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Submission:
         data = read_audio(source)
         name = Path(source).name if not isinstance(source, bytes) else ""
         ext_id = external_id or (str(source) if not isinstance(source, bytes) else "")
@@ -74,14 +85,21 @@ class Earmark:
         out: list[Submission] = []
         for start in range(0, len(submission_ids), 1000):
             reply = self._ingest.BatchGetSubmissions(
-                ingest_pb2.BatchGetSubmissionsRequest(submission_ids=submission_ids[start : start + 1000]),
+                ingest_pb2.BatchGetSubmissionsRequest(
+                    submission_ids=submission_ids[start : start + 1000]
+                ),
                 timeout=self._timeout,
             )
             out += [Submission.from_proto(s) for s in reply.submissions]
         return out
 
-    def wait(self, submission_ids: Sequence[str], *, timeout_s: float = 600.0,
-             on_progress: Callable[[list[Submission]], None] | None = None) -> list[Submission]:  # fmt: skip
+    def wait(
+        self,
+        submission_ids: Sequence[str],
+        *,
+        timeout_s: float = 600.0,
+        on_progress: Callable[[list[Submission]], None] | None = None,
+    ) -> list[Submission]:
         """Poll until every submission is INDEXED or REJECTED; raises TimeoutError otherwise."""
         deadline = time.monotonic() + timeout_s
         delay = 0.1
@@ -107,14 +125,17 @@ class Earmark:
         return Identification.from_proto(reply, (time.perf_counter() - started) * 1000)
 
     def track(self, track_id: str) -> Track:
-        reply = self._search.GetTrack(search_pb2.GetTrackRequest(track_id=track_id), timeout=self._timeout)
+        reply = self._search.GetTrack(
+            search_pb2.GetTrackRequest(track_id=track_id), timeout=self._timeout
+        )
         return Track.from_proto(reply.track)
 
     def tracks(self, page_size: int = 500) -> Iterator[Track]:
         token = ""
         while True:
             reply = self._search.ListTracks(
-                search_pb2.ListTracksRequest(page_size=page_size, page_token=token), timeout=self._timeout
+                search_pb2.ListTracksRequest(page_size=page_size, page_token=token),
+                timeout=self._timeout,
             )
             yield from (Track.from_proto(t) for t in reply.tracks)
             token = reply.next_page_token
@@ -122,10 +143,13 @@ class Earmark:
                 return
 
     def delete_track(self, track_id: str) -> None:
-        self._search.DeleteTrack(search_pb2.DeleteTrackRequest(track_id=track_id), timeout=self._timeout)
+        self._search.DeleteTrack(
+            search_pb2.DeleteTrackRequest(track_id=track_id), timeout=self._timeout
+        )
 
     def features(self, track_id: str) -> features_pb2.TrackFeatures:
         reply = self._features.GetFeatures(
             features_pb2.GetFeaturesRequest(track_id=track_id), timeout=self._timeout
         )
-        return reply.features
+        features: features_pb2.TrackFeatures = reply.features
+        return features

@@ -46,6 +46,8 @@ def resolve(**overrides: str | None) -> Endpoints:
         )
 
     return Endpoints(
-        ingest=pick("ingest"), search=pick("search"), features=pick("features"),
+        ingest=pick("ingest"),
+        search=pick("search"),
+        features=pick("features"),
         fingerprint=pick("fingerprint"),
-    )  # fmt: skip
+    )

@@ -61,10 +61,14 @@ class Track:
     @classmethod
     def from_proto(cls, t: common_pb2.Track) -> Track:
         return cls(
-            track_id=t.track_id, external_id=t.external_id, title=t.metadata.title,
-            artist=t.metadata.artist, album=t.metadata.album, duration_s=t.duration_s,
+            track_id=t.track_id,
+            external_id=t.external_id,
+            title=t.metadata.title,
+            artist=t.metadata.artist,
+            album=t.metadata.album,
+            duration_s=t.duration_s,
             landmark_count=t.landmark_count,
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -96,10 +100,14 @@ class Identification:
         return cls(
             matches=[
                 Match(
-                    track_id=m.track.track_id, external_id=m.track.external_id,
-                    title=m.track.metadata.title, artist=m.track.metadata.artist,
-                    offset_s=round(m.offset_s, 3), score=m.score, confidence=round(m.confidence, 4),
-                )  # fmt: skip
+                    track_id=m.track.track_id,
+                    external_id=m.track.external_id,
+                    title=m.track.metadata.title,
+                    artist=m.track.metadata.artist,
+                    offset_s=round(m.offset_s, 3),
+                    score=m.score,
+                    confidence=round(m.confidence, 4),
+                )
                 for m in reply.matches
             ],
             query_duration_s=reply.query_duration_s,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 class StackError(RuntimeError):
@@ -30,7 +31,10 @@ def wait_for_port(port: int, timeout_s: float, what: str, pid: int | None = None
     while time.monotonic() < deadline:
         if pid is not None and not pid_alive(pid):
             raise StackError(f"{what} exited during start-up")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
             return
         time.sleep(0.1)
     raise StackError(f"{what} did not listen on port {port} within {timeout_s:.0f} s")
@@ -51,18 +55,23 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def stop_pid(pid: int, timeout_s: float = 15.0) -> None:
-    if not pid_alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+def stop_pids(pids: list[int], timeout_s: float = 30.0) -> None:
+    """SIGTERM all at once, wait for graceful exits, SIGKILL whatever is left."""
+    alive = [p for p in pids if pid_alive(p)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if pid_alive(p)]
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def stop_pid(pid: int, timeout_s: float = 30.0) -> None:
+    stop_pids([pid], timeout_s)
 
 
 def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> int:
@@ -115,11 +124,26 @@ def _pg_run_as() -> str | None:
         pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_SYSTEM_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                PG_SYSTEM_USER,
+            ],
             check=True,
             capture_output=True,
         )
     return PG_SYSTEM_USER
+
+
+def _run_as_kwargs(user: str | None) -> dict[str, Any]:
+    # Group too: with only the uid changed, root's group bits would apply.
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _open_path_for(user: str, path: Path) -> None:
@@ -152,10 +176,20 @@ def start_postgres(pgdata: Path, port: int, log_path: Path) -> None:
         os.chown(log_path, entry.pw_uid, entry.pw_gid)
     if not (pgdata / "PG_VERSION").exists():
         subprocess.run(
-            [_pg_bin("initdb"), "-D", str(pgdata), "-U", "earmark", "--auth=trust",
-             "--encoding=UTF8", "--no-instructions"],
-            check=True, capture_output=True, user=user,
-        )  # fmt: skip
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(pgdata),
+                "-U",
+                "earmark",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            check=True,
+            capture_output=True,
+            **_run_as_kwargs(user),
+        )
         with open(pgdata / "postgresql.conf", "a") as conf:
             # A catalog of landmarks is written in bulk; favour throughput on one box.
             conf.write(
@@ -163,10 +197,23 @@ def start_postgres(pgdata: Path, port: int, log_path: Path) -> None:
                 "unix_socket_directories = ''\nlisten_addresses = '127.0.0.1'\n"
             )
     result = subprocess.run(
-        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-l", str(log_path), "-w", "-t", "60",
-         "-o", f"-p {port}", "start"],
-        capture_output=True, text=True, user=user,
-    )  # fmt: skip
+        [
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(pgdata),
+            "-l",
+            str(log_path),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port}",
+            "start",
+        ],
+        capture_output=True,
+        text=True,
+        **_run_as_kwargs(user),
+    )
     if result.returncode != 0:
         tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
         raise StackError(f"PostgreSQL failed to start: {result.stderr.strip()}\n{tail}")
@@ -177,15 +224,18 @@ def stop_postgres(pgdata: Path) -> None:
         return
     subprocess.run(
         [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "30", "stop"],
-        capture_output=True, user=_pg_run_as(),
-    )  # fmt: skip
+        capture_output=True,
+        **_run_as_kwargs(_pg_run_as()),
+    )
 
 
 def ensure_database(port: int, name: str) -> None:
     import psycopg
     from psycopg import sql
 
-    with psycopg.connect(f"postgresql://earmark@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+    with psycopg.connect(
+        f"postgresql://earmark@127.0.0.1:{port}/postgres", autocommit=True
+    ) as conn:
         row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if row is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

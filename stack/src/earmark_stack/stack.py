@@ -26,6 +26,7 @@ from .processes import (
     spawn,
     start_postgres,
     stop_pid,
+    stop_pids,
     stop_postgres,
     wait_for_port,
 )
@@ -187,10 +188,8 @@ def down(home: Path, progress: Callable[[str], None] = lambda _msg: None) -> boo
     info = read_info(home)
     if info is None:
         return False
-    for name in reversed(SERVICES):
-        if name in info.services:
-            stop_pid(int(info.services[name]["pid"]))
-            progress(f"stopped {name}")
+    stop_pids([int(entry["pid"]) for entry in info.services.values()])
+    progress(f"stopped {', '.join(info.services)}")
     stop_postgres(Path(info.pgdata))
     progress("stopped PostgreSQL")
     stop_pid(info.nats_pid)

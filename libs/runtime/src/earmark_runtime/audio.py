@@ -42,7 +42,15 @@ _INPUT_RE = re.compile(r"Input #0, ([\w,]+), from")
 # Demuxers that read other files or URLs named inside the input.
 _REFERENCING_DEMUXERS = {"concat", "hls", "applehttp", "dash", "ffconcat", "image2", "tee"}
 # Containers that are images or video-only even though ffmpeg opens them.
-_NON_AUDIO_DEMUXERS = {"png_pipe", "jpeg_pipe", "gif", "bmp_pipe", "webp_pipe", "tiff_pipe", "svg_pipe"}
+_NON_AUDIO_DEMUXERS = {
+    "png_pipe",
+    "jpeg_pipe",
+    "gif",
+    "bmp_pipe",
+    "webp_pipe",
+    "tiff_pipe",
+    "svg_pipe",
+}
 
 
 def _last_error_line(stderr: str) -> str:
@@ -68,14 +76,22 @@ async def decode_audio(
         ffmpeg or default_ffmpeg(),
         "-nostdin",
         "-hide_banner",
-        "-protocol_whitelist", "pipe",
-        "-i", "pipe:0",
-        "-map", "0:a:0",
-        "-vn", "-sn", "-dn",
-        "-ac", "1",
-        "-ar", str(sample_rate_hz),
-        "-f", "f32le",
-    ]  # fmt: skip
+        "-protocol_whitelist",
+        "pipe",
+        "-i",
+        "pipe:0",
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-sn",
+        "-dn",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate_hz),
+        "-f",
+        "f32le",
+    ]
     if max_seconds is not None:
         # Decode one second past the limit, so that "too long" is detectable.
         args += ["-t", f"{max_seconds + 1.0:.3f}"]
@@ -111,7 +127,9 @@ async def decode_audio(
     return DecodedAudio(samples=samples, sample_rate_hz=sample_rate_hz, container=container)
 
 
-def pcm16_to_float(samples: bytes, sample_rate_hz: int, channels: int, target_rate_hz: int) -> np.ndarray:
+def pcm16_to_float(
+    samples: bytes, sample_rate_hz: int, channels: int, target_rate_hz: int
+) -> np.ndarray:
     """Raw s16le interleaved PCM to float32 mono at `target_rate_hz`."""
     if channels < 1:
         raise AudioDecodeError("PCM audio needs at least one channel")

@@ -12,6 +12,7 @@ same key again instead of leaving a second copy behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -117,10 +118,8 @@ class NatsObjectBlobStore:
     async def delete(self, key: str) -> None:
         _check_key(key)
         store = await self._obj()
-        try:
+        with contextlib.suppress(ObjectNotFoundError, NotFoundError):
             await store.delete(key)
-        except (ObjectNotFoundError, NotFoundError):
-            pass
 
     async def exists(self, key: str) -> bool:
         store = await self._obj()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import nats
+from earmark.v1 import events_pb2
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -31,8 +32,6 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry.trace import SpanKind
-
-from earmark.v1 import events_pb2
 
 from .telemetry import extract_context, inject_headers, tracer
 
@@ -88,9 +87,7 @@ async def ensure_stream(js: JetStreamContext) -> None:
         await js.update_stream(config)
 
 
-async def publish(
-    js: JetStreamContext, subject: str, message: Message, msg_id: str
-) -> None:
+async def publish(js: JetStreamContext, subject: str, message: Message, msg_id: str) -> None:
     """Publish with dedupe id and trace context; raises if the stream did not store it."""
     headers = inject_headers({"Nats-Msg-Id": msg_id})
     ack = await js.publish(subject, message.SerializeToString(), headers=headers, timeout=10)
@@ -140,14 +137,22 @@ class Consumer(Generic[M]):
         self._max_deliver = max_deliver
         self._fetch_timeout_s = fetch_timeout_s
         self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
         self.healthy = False
 
     @property
     def durable(self) -> str:
-        return f"{self.role}-{self.subject.replace('.', '-').replace('>', 'all').replace('*', 'any')}"
+        return (
+            f"{self.role}-{self.subject.replace('.', '-').replace('>', 'all').replace('*', 'any')}"
+        )
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def wait_stopped(self, timeout_s: float) -> None:
+        """Wait for the loop to finish its current batch (acks included)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), timeout=timeout_s)
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(
@@ -164,6 +169,12 @@ class Consumer(Generic[M]):
         )
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._stopped.set()
+
+    async def _run(self) -> None:
         sub: JetStreamContext.PullSubscription | None = None
         while not self._stopping.is_set():
             try:
@@ -226,8 +237,12 @@ class Consumer(Generic[M]):
                     delay = min(30.0, 0.5 * 2 ** (attempt - 1))
                     log.warning(
                         "consumer %s attempt %d failed (%s: %s); retry in %.1fs",
-                        self.durable, attempt, type(exc).__name__, exc, delay,
-                    )  # fmt: skip
+                        self.durable,
+                        attempt,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
                     with contextlib.suppress(Exception):
                         await msg.nak(delay=delay)
             else:

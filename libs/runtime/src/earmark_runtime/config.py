@@ -25,8 +25,10 @@ class SettingDoc:
 
 SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc("EARMARK_HOME", "~/.earmark", "State of the embedded stack: data, logs, ports."),
-    SettingDoc("EARMARK_GRPC_HOST", "0.0.0.0", "Address the service's gRPC server binds."),
-    SettingDoc("EARMARK_GRPC_PORT", "per service: 50051-50054", "Port of the service's gRPC server."),
+    SettingDoc("EARMARK_GRPC_HOST", "0.0.0.0", "Address the service's gRPC server binds."),  # noqa: S104
+    SettingDoc(
+        "EARMARK_GRPC_PORT", "per service: 50051-50054", "Port of the service's gRPC server."
+    ),
     SettingDoc("EARMARK_NATS_URL", "nats://127.0.0.1:4222", "NATS server with JetStream."),
     SettingDoc(
         "EARMARK_DATABASE_URL",
@@ -133,7 +135,8 @@ def load_settings(service: str) -> Settings:
         raise ConfigError(f"EARMARK_BLOB_URL must start with nats:// or file://, got {blob_url!r}")
     return Settings(
         service=service,
-        grpc_host=_env("EARMARK_GRPC_HOST", "0.0.0.0"),  # noqa: S104 - containers must listen on all
+        # Containers must listen on every interface; the embedded stack binds loopback.
+        grpc_host=_env("EARMARK_GRPC_HOST", "0.0.0.0"),  # noqa: S104
         grpc_port=_env_int("EARMARK_GRPC_PORT", DEFAULT_PORTS.get(service, 50050)),
         nats_url=_env("EARMARK_NATS_URL", "nats://127.0.0.1:4222"),
         database_url=_env("EARMARK_DATABASE_URL", "postgresql://earmark@127.0.0.1:5432/earmark"),

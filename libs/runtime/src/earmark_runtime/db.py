@@ -49,7 +49,9 @@ async def migrate(pool: AsyncConnectionPool, schema: str, migrations: Sequence[s
     async with pool.connection() as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (lock_key,))
         try:
-            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            await conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+            )
             await conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {}.schema_migrations "
@@ -67,8 +69,11 @@ async def migrate(pool: AsyncConnectionPool, schema: str, migrations: Sequence[s
                 if version <= current:
                     continue
                 async with conn.transaction():
-                    await conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(
-                        sql.Identifier(schema)))
+                    await conn.execute(
+                        sql.SQL("SET LOCAL search_path TO {}, public").format(
+                            sql.Identifier(schema)
+                        )
+                    )
                     await conn.execute(statement.encode())
                     await conn.execute(
                         sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(

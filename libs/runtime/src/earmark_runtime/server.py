@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -71,9 +72,9 @@ async def run_server(
     full_service_names: Iterable[str],
     register: Callable[[grpc.aio.Server], None],
     health_checks: Mapping[str, HealthCheck],
-    background: Iterable[Callable[[], Awaitable[None]]] = (),
+    background: Iterable[Callable[[], Coroutine[Any, Any, None]]] = (),
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
-    grace_s: float = 10.0,
+    grace_s: float = 5.0,
     probe_interval_s: float = 2.0,
 ) -> None:
     """Serve until SIGTERM/SIGINT; runs `background` tasks alongside."""
@@ -83,7 +84,11 @@ async def run_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     reporter = HealthReporter(health_servicer, names)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,18 +63,19 @@ class ServiceContext:
             checks[f"consumer:{consumer.durable}"] = consumer_ok
         return checks
 
-    def background_jobs(self) -> list[Callable[[], Awaitable[None]]]:
+    def background_jobs(self) -> list[Callable[[], Coroutine[Any, Any, None]]]:
         return [c.run for c in self.consumers]
 
     async def close(self) -> None:
         for consumer in self.consumers:
             consumer.stop()
-        # Give in-flight handlers a moment to ack before the connection goes.
-        await asyncio.sleep(0.2)
+        # In-flight handlers finish and ack; unacked work is redelivered to another replica.
+        await asyncio.gather(*(c.wait_stopped(30.0) for c in self.consumers))
         try:
-            await self.nc.drain()
+            await asyncio.wait_for(self.nc.flush(), timeout=2.0)
         except Exception:
-            log.debug("NATS drain failed", exc_info=True)
+            log.debug("NATS flush failed", exc_info=True)
+        await self.nc.close()
         if self.pool is not None:
             await self.pool.close()
 

@@ -84,12 +84,16 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return handler
         method = handler_call_details.method
-        metadata = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
+        metadata = {
+            k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)
+        }
         parent = extract_context(metadata)
 
         def wrap_unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def run(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
-                with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span:
+                with tracer().start_as_current_span(
+                    method, context=parent, kind=SpanKind.SERVER
+                ) as span:
                     span.set_attribute("rpc.system", "grpc")
                     try:
                         return await fn(request, ctx)

@@ -7,14 +7,13 @@ import logging
 import uuid
 
 import grpc
-from psycopg.rows import dict_row
-
 from earmark.v1 import events_pb2, features_pb2, features_pb2_grpc
 from earmark_runtime import bus
 from earmark_runtime.audio import AudioDecodeError, decode_audio
 from earmark_runtime.blobs import BlobNotFoundError
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
+from psycopg.rows import dict_row
 
 from .descriptors import SAMPLE_RATE_HZ, describe
 
@@ -43,15 +42,20 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
         try:
             uuid.UUID(request.track_id)
         except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID"
+            )
         async with self._ctx.db().connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                "SELECT features FROM features.track_features WHERE track_id = %s", (request.track_id,)
+                "SELECT features FROM features.track_features WHERE track_id = %s",
+                (request.track_id,),
             )
             row = await cur.fetchone()
         if row is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no features for track {request.track_id}")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no features for track {request.track_id}"
+            )
         assert row is not None
         return features_pb2.GetFeaturesResponse(
             features=features_pb2.TrackFeatures.FromString(bytes(row["features"]))
@@ -65,7 +69,9 @@ class Describer:
     async def handle(self, event: events_pb2.SubmissionReceived, _d: bus.Delivery) -> None:
         try:
             data = await self._ctx.blob_store().get(event.blob_key)
-            decoded = await decode_audio(data, sample_rate_hz=SAMPLE_RATE_HZ, ffmpeg=self._ctx.settings.ffmpeg)
+            decoded = await decode_audio(
+                data, sample_rate_hz=SAMPLE_RATE_HZ, ffmpeg=self._ctx.settings.ffmpeg
+            )
         except (BlobNotFoundError, AudioDecodeError) as exc:
             # Fingerprinting rejects such a submission; there is nothing to describe.
             raise bus.PermanentError(str(exc)) from exc
@@ -81,11 +87,15 @@ class Describer:
                 (event.submission_id, features.extractor_version, features.SerializeToString()),
             )
         computed = events_pb2.FeaturesComputed(submission_id=event.submission_id, features=features)
-        await bus.publish(self._ctx.js, bus.FEATURES_COMPUTED, computed, f"features:{event.submission_id}")
+        await bus.publish(
+            self._ctx.js, bus.FEATURES_COMPUTED, computed, f"features:{event.submission_id}"
+        )
 
     async def on_deleted(self, event: events_pb2.TrackDeleted, _d: bus.Delivery) -> None:
         async with self._ctx.db().connection() as conn:
-            await conn.execute("DELETE FROM features.track_features WHERE track_id = %s", (event.track_id,))
+            await conn.execute(
+                "DELETE FROM features.track_features WHERE track_id = %s", (event.track_id,)
+            )
 
 
 async def run() -> None:
@@ -93,20 +103,28 @@ async def run() -> None:
     describer = Describer(ctx)
     ctx.consumers += [
         bus.Consumer(
-            ctx.js, role="features", subject=bus.SUBMISSION_RECEIVED,
-            message_type=events_pb2.SubmissionReceived, handler=describer.handle,
+            ctx.js,
+            role="features",
+            subject=bus.SUBMISSION_RECEIVED,
+            message_type=events_pb2.SubmissionReceived,
+            handler=describer.handle,
             concurrency=ctx.settings.workers,
         ),
         bus.Consumer(
-            ctx.js, role="features", subject=bus.TRACK_DELETED,
-            message_type=events_pb2.TrackDeleted, handler=describer.on_deleted,
+            ctx.js,
+            role="features",
+            subject=bus.TRACK_DELETED,
+            message_type=events_pb2.TrackDeleted,
+            handler=describer.on_deleted,
         ),
-    ]  # fmt: skip
+    ]
     servicer = FeaturesServicer(ctx)
     await run_server(
         bind=ctx.settings.grpc_bind,
         full_service_names=[SERVICE_NAME],
-        register=lambda server: features_pb2_grpc.add_FeaturesServiceServicer_to_server(servicer, server),
+        register=lambda server: features_pb2_grpc.add_FeaturesServiceServicer_to_server(
+            servicer, server
+        ),
         health_checks=ctx.health_checks(),
         background=ctx.background_jobs(),
         on_shutdown=ctx.close,

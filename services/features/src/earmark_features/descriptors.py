@@ -7,7 +7,6 @@ bump it so stored rows from different extractors are never compared.
 from __future__ import annotations
 
 import numpy as np
-
 from earmark.v1 import features_pb2
 
 EXTRACTOR_VERSION = "numpy-basic-1"
@@ -26,7 +25,9 @@ def describe(samples: np.ndarray, track_id: str) -> features_pb2.TrackFeatures:
         freqs = np.fft.rfftfreq(FRAME, 1.0 / SAMPLE_RATE_HZ)
         energy = spectrum.sum(axis=1)
         voiced = energy > 1e-8
-        centroid = float(np.mean((spectrum[voiced] @ freqs) / energy[voiced])) if voiced.any() else 0.0
+        centroid = (
+            float(np.mean((spectrum[voiced] @ freqs) / energy[voiced])) if voiced.any() else 0.0
+        )
         signs = np.signbit(frames)
         zcr = float(np.mean(signs[:, 1:] != signs[:, :-1]))
     else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-
 from earmark.v1 import common_pb2
 from earmark_runtime.audio import AudioDecodeError, decode_audio, pcm16_to_float
 
@@ -22,7 +21,9 @@ def to_proto(landmarks: Landmarks) -> common_pb2.LandmarkFingerprint:
     )
 
 
-async def samples_of(audio: common_pb2.AudioInput, *, ffmpeg: str, max_seconds: float) -> np.ndarray:
+async def samples_of(
+    audio: common_pb2.AudioInput, *, ffmpeg: str, max_seconds: float
+) -> np.ndarray:
     """Decode an AudioInput to float32 mono at the fingerprinter's rate."""
     kind = audio.WhichOneof("source")
     if kind == "encoded":

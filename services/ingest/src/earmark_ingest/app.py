@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
-
 from earmark.v1 import common_pb2, events_pb2, ingest_pb2, ingest_pb2_grpc
 from earmark_runtime import bus
 from earmark_runtime.audio import AudioDecodeError, decode_audio
@@ -51,7 +50,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             if header is None:
                 if part != "header":
                     await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, "the first upload message must be the header"
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "the first upload message must be the header",
                     )
                 header = request.header
                 continue
@@ -72,14 +72,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return header, bytes(body)
 
     async def Upload(
-        self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.UploadRequest],
+        context: grpc.aio.ServicerContext,
     ) -> ingest_pb2.UploadResponse:
         settings = self._ctx.settings
         header, data = await self._receive(request_iterator, context)
         if not header.external_id.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "external_id is required")
         if not data:
-            await _refuse(context, Refusal(common_pb2.REJECTION_CODE_NOT_AUDIO, "empty upload: no bytes received"))
+            await _refuse(
+                context,
+                Refusal(common_pb2.REJECTION_CODE_NOT_AUDIO, "empty upload: no bytes received"),
+            )
         try:
             decoded = await decode_audio(
                 data,
@@ -117,7 +122,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise AssertionError("unreachable") from exc
         try:
             await bus.publish(
-                self._ctx.js, bus.SUBMISSION_RECEIVED, new.received_event(), f"received:{new.submission_id}"
+                self._ctx.js,
+                bus.SUBMISSION_RECEIVED,
+                new.received_event(),
+                f"received:{new.submission_id}",
             )
             await self._subs.mark_published(new.submission_id)
         except Exception:
@@ -130,7 +138,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.GetSubmissionResponse:
         if not _is_uuid(request.submission_id):
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"submission_id {request.submission_id!r} is not a UUID"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"submission_id {request.submission_id!r} is not a UUID",
             )
         found = await self._subs.get_many([request.submission_id])
         if not found:
@@ -143,11 +152,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         ids = list(request.submission_ids)
         if len(ids) > MAX_BATCH_IDS:
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH_IDS} ids per call, got {len(ids)}"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {MAX_BATCH_IDS} ids per call, got {len(ids)}",
             )
         bad = [i for i in ids if not _is_uuid(i)]
         if bad:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not UUIDs: {', '.join(bad[:5])}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not UUIDs: {', '.join(bad[:5])}"
+            )
         return ingest_pb2.BatchGetSubmissionsResponse(submissions=await self._subs.get_many(ids))
 
 
@@ -187,7 +199,10 @@ class StatusTracker:
             with contextlib.suppress(Exception):
                 for event in await self._subs.unpublished(OUTBOX_GRACE_S):
                     await bus.publish(
-                        self._ctx.js, bus.SUBMISSION_RECEIVED, event, f"received:{event.submission_id}"
+                        self._ctx.js,
+                        bus.SUBMISSION_RECEIVED,
+                        event,
+                        f"received:{event.submission_id}",
                     )
                     await self._subs.mark_published(event.submission_id)
                     log.info("outbox published %s", event.submission_id)
@@ -200,26 +215,37 @@ async def run() -> None:
     concurrency = ctx.settings.workers * 4
     ctx.consumers += [
         bus.Consumer(
-            ctx.js, role="ingest", subject=bus.FINGERPRINT_EXTRACTED,
-            message_type=events_pb2.FingerprintExtracted, handler=tracker.on_extracted,
+            ctx.js,
+            role="ingest",
+            subject=bus.FINGERPRINT_EXTRACTED,
+            message_type=events_pb2.FingerprintExtracted,
+            handler=tracker.on_extracted,
             concurrency=concurrency,
         ),
         bus.Consumer(
-            ctx.js, role="ingest", subject=bus.TRACK_INDEXED,
-            message_type=events_pb2.TrackIndexed, handler=tracker.on_indexed,
+            ctx.js,
+            role="ingest",
+            subject=bus.TRACK_INDEXED,
+            message_type=events_pb2.TrackIndexed,
+            handler=tracker.on_indexed,
             concurrency=concurrency,
         ),
         bus.Consumer(
-            ctx.js, role="ingest", subject=bus.SUBMISSION_REJECTED,
-            message_type=events_pb2.SubmissionRejected, handler=tracker.on_rejected,
+            ctx.js,
+            role="ingest",
+            subject=bus.SUBMISSION_REJECTED,
+            message_type=events_pb2.SubmissionRejected,
+            handler=tracker.on_rejected,
             concurrency=concurrency,
         ),
-    ]  # fmt: skip
+    ]
     servicer = IngestServicer(ctx, submissions)
     await run_server(
         bind=ctx.settings.grpc_bind,
         full_service_names=[SERVICE_NAME],
-        register=lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server),
+        register=lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(
+            servicer, server
+        ),
         health_checks=ctx.health_checks(),
         background=[*ctx.background_jobs(), tracker.republish_outbox],
         on_shutdown=ctx.close,

@@ -6,10 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from earmark.v1 import common_pb2, events_pb2
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-
-from earmark.v1 import common_pb2, events_pb2
 
 from .schema import SCHEMA
 
@@ -62,11 +61,14 @@ def row_to_proto(row: dict[str, Any]) -> common_pb2.Submission:
         state=row["state"],
         track_id=row["track_id"],
         metadata=common_pb2.TrackMetadata(
-            title=row["title"], artist=row["artist"], album=row["album"], isrc=row["isrc"],
+            title=row["title"],
+            artist=row["artist"],
+            album=row["album"],
+            isrc=row["isrc"],
             extra=dict(extra or {}),
         ),
         duration_s=row["duration_s"],
-    )  # fmt: skip
+    )
     if row["state"] == REJECTED:
         sub.rejection.CopyFrom(
             common_pb2.Rejection(
@@ -91,11 +93,14 @@ def row_to_event(row: dict[str, Any]) -> events_pb2.SubmissionReceived:
         source_sha256=row["source_sha256"],
         source_format=row["source_format"],
         metadata=common_pb2.TrackMetadata(
-            title=row["title"], artist=row["artist"], album=row["album"], isrc=row["isrc"],
+            title=row["title"],
+            artist=row["artist"],
+            album=row["album"],
+            isrc=row["isrc"],
             extra=dict(extra or {}),
         ),
         duration_s=row["duration_s"],
-    )  # fmt: skip
+    )
 
 
 class Submissions:
@@ -115,11 +120,22 @@ class Submissions:
                 RETURNING {_COLUMNS}
                 """,  # noqa: S608 - SCHEMA and _COLUMNS are module constants
                 (
-                    new.submission_id, new.external_id, new.filename, RECEIVED, m.title,
-                    m.artist, m.album, m.isrc, json.dumps(dict(m.extra)), new.duration_s,
-                    new.size_bytes, new.source_sha256, new.source_format, new.blob_key,
+                    new.submission_id,
+                    new.external_id,
+                    new.filename,
+                    RECEIVED,
+                    m.title,
+                    m.artist,
+                    m.album,
+                    m.isrc,
+                    json.dumps(dict(m.extra)),
+                    new.duration_s,
+                    new.size_bytes,
+                    new.source_sha256,
+                    new.source_format,
+                    new.blob_key,
                 ),
-            )  # fmt: skip
+            )
             row = await cur.fetchone()
         assert row is not None
         return row_to_proto(row)
@@ -131,7 +147,9 @@ class Submissions:
                 (submission_id,),
             )
 
-    async def unpublished(self, older_than_s: float, limit: int = 100) -> list[events_pb2.SubmissionReceived]:
+    async def unpublished(
+        self, older_than_s: float, limit: int = 100
+    ) -> list[events_pb2.SubmissionReceived]:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
@@ -148,7 +166,8 @@ class Submissions:
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
             await cur.execute(
-                f"SELECT {_COLUMNS} FROM {SCHEMA}.submissions WHERE submission_id = ANY(%s::uuid[])",  # noqa: S608
+                f"SELECT {_COLUMNS} FROM {SCHEMA}.submissions "  # noqa: S608
+                "WHERE submission_id = ANY(%s::uuid[])",
                 (ids,),
             )
             rows = await cur.fetchall()
@@ -161,7 +180,8 @@ class Submissions:
             cur = await conn.execute(
                 f"""
                 UPDATE {SCHEMA}.submissions
-                SET state = %s, track_id = coalesce(nullif(%s, '')::uuid, track_id), updated_at = now()
+                SET state = %s, updated_at = now(),
+                    track_id = coalesce(nullif(%s, '')::uuid, track_id)
                 WHERE submission_id = %s AND state < %s AND state <> %s
                 """,  # noqa: S608
                 (state, track_id, submission_id, state, REJECTED),
@@ -178,10 +198,14 @@ class Submissions:
                 WHERE submission_id = %s AND state <> %s
                 """,  # noqa: S608
                 (
-                    REJECTED, rejection.code, rejection.message, rejection.duplicate_of_track_id,
-                    submission_id, REJECTED,
+                    REJECTED,
+                    rejection.code,
+                    rejection.message,
+                    rejection.duplicate_of_track_id,
+                    submission_id,
+                    REJECTED,
                 ),
-            )  # fmt: skip
+            )
             return cur.rowcount > 0
 
     async def blob_still_needed(self, blob_key: str, except_id: str) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from earmark.v1 import common_pb2
 from earmark_runtime.audio import DecodedAudio
 
@@ -20,10 +19,12 @@ class Refusal:
 
     @property
     def code_name(self) -> str:
-        return common_pb2.RejectionCode.Name(self.code)  # type: ignore[arg-type]
+        return str(common_pb2.RejectionCode.Name(self.code))  # type: ignore[arg-type]
 
 
-def check_audio(audio: DecodedAudio, *, min_duration_s: float, max_duration_s: float) -> Refusal | None:
+def check_audio(
+    audio: DecodedAudio, *, min_duration_s: float, max_duration_s: float
+) -> Refusal | None:
     duration = audio.duration_s
     if duration > max_duration_s:
         return Refusal(
@@ -38,7 +39,5 @@ def check_audio(audio: DecodedAudio, *, min_duration_s: float, max_duration_s: f
     rms = float(np.sqrt(np.mean(np.square(audio.samples, dtype=np.float64))))
     if rms < SILENCE_RMS:
         level = 20 * np.log10(max(rms, 1e-12))
-        return Refusal(
-            common_pb2.REJECTION_CODE_SILENT, f"audio is silent (RMS {level:.0f} dBFS)"
-        )
+        return Refusal(common_pb2.REJECTION_CODE_SILENT, f"audio is silent (RMS {level:.0f} dBFS)")
     return None

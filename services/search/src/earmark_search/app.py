@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import grpc
-
 from earmark.v1 import (
     common_pb2,
     events_pb2,
@@ -30,7 +29,10 @@ MAX_PAGE_SIZE = 1000
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(
-        self, ctx: ServiceContext, catalog: Catalog, fingerprinter: fingerprint_pb2_grpc.FingerprintServiceStub
+        self,
+        ctx: ServiceContext,
+        catalog: Catalog,
+        fingerprinter: fingerprint_pb2_grpc.FingerprintServiceStub,
     ) -> None:
         self._ctx = ctx
         self._catalog = catalog
@@ -40,9 +42,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.IdentifyRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.IdentifyResponse:
         audio = request.audio
-        size = len(audio.encoded) if audio.WhichOneof("source") == "encoded" else len(audio.pcm.samples)
+        size = (
+            len(audio.encoded)
+            if audio.WhichOneof("source") == "encoded"
+            else len(audio.pcm.samples)
+        )
         if size == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no audio given: the clip is empty")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "no audio given: the clip is empty"
+            )
         try:
             extracted = await self._fingerprinter.ExtractFingerprint(
                 fingerprint_pb2.ExtractFingerprintRequest(audio=audio), timeout=30
@@ -70,7 +78,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.GetTrackRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.GetTrackResponse:
         if not is_uuid(request.track_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID"
+            )
         track = await self._catalog.get_track(request.track_id)
         if track is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
@@ -97,7 +107,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.DeleteTrackRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.DeleteTrackResponse:
         if not is_uuid(request.track_id):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID"
+            )
         if not await self._catalog.delete_track(request.track_id):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
         await bus.publish(
@@ -170,7 +182,9 @@ async def run() -> None:
     await run_server(
         bind=ctx.settings.grpc_bind,
         full_service_names=[SERVICE_NAME],
-        register=lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, server),
+        register=lambda server: search_pb2_grpc.add_SearchServiceServicer_to_server(
+            servicer, server
+        ),
         health_checks=ctx.health_checks(),
         background=ctx.background_jobs(),
         on_shutdown=shutdown,

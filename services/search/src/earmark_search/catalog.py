@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from earmark.v1 import common_pb2, events_pb2
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-
-from earmark.v1 import common_pb2, events_pb2
 
 from .schema import SCHEMA
 
@@ -24,9 +24,16 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x0
 _COPY_TRAILER = b"\xff\xff"
 # One binary COPY row of three int4 columns: field count, then (length, value) per field.
 _ROW3 = np.dtype(
-    [("n", ">i2"), ("l1", ">i4"), ("hash", ">i4"), ("l2", ">i4"), ("track", ">i4"),
-     ("l3", ">i4"), ("t", ">i4")]
-)  # fmt: skip
+    [
+        ("n", ">i2"),
+        ("l1", ">i4"),
+        ("hash", ">i4"),
+        ("l2", ">i4"),
+        ("track", ">i4"),
+        ("l3", ">i4"),
+        ("t", ">i4"),
+    ]
+)
 
 
 def encode_postings(hashes: np.ndarray, track_key: int, times: np.ndarray) -> bytes:
@@ -71,14 +78,17 @@ class TrackRow:
             track_id=self.track_id,
             external_id=self.external_id,
             metadata=common_pb2.TrackMetadata(
-                title=self.title, artist=self.artist, album=self.album, isrc=self.isrc,
+                title=self.title,
+                artist=self.artist,
+                album=self.album,
+                isrc=self.isrc,
                 extra=self.extra,
             ),
             duration_s=self.duration_s,
             source_sha256=self.source_sha256,
             source_format=self.source_format,
             landmark_count=self.landmark_count,
-        )  # fmt: skip
+        )
         track.indexed_at.FromNanoseconds(int(self.indexed_at_epoch * 1e9))
         return track
 
@@ -90,11 +100,11 @@ _TRACK_COLUMNS = (
 )
 
 
-def _row_to_track(row: dict[str, object]) -> TrackRow:
+def _row_to_track(row: dict[str, Any]) -> TrackRow:
     extra = row["extra"]
     if isinstance(extra, str):
         extra = json.loads(extra)
-    return TrackRow(**{**row, "extra": dict(extra or {})})  # type: ignore[arg-type]
+    return TrackRow(**{**row, "extra": dict(extra or {})})
 
 
 class Catalog:
@@ -133,12 +143,22 @@ class Catalog:
                 RETURNING track_key
                 """,  # noqa: S608 - SCHEMA is a module constant, values are parameters
                 (
-                    sub.submission_id, sub.external_id, meta.title, meta.artist, meta.album,
-                    meta.isrc, json.dumps(dict(meta.extra)), lm.duration_s or sub.duration_s,
-                    sub.source_sha256, sub.source_format, sub.blob_key, len(hashes),
-                    lm.algorithm_version, lm.frame_rate_hz,
+                    sub.submission_id,
+                    sub.external_id,
+                    meta.title,
+                    meta.artist,
+                    meta.album,
+                    meta.isrc,
+                    json.dumps(dict(meta.extra)),
+                    lm.duration_s or sub.duration_s,
+                    sub.source_sha256,
+                    sub.source_format,
+                    sub.blob_key,
+                    len(hashes),
+                    lm.algorithm_version,
+                    lm.frame_rate_hz,
                 ),
-            )  # fmt: skip
+            )
             row = await cur.fetchone()
             assert row is not None
             track_key = int(row[0])
@@ -176,14 +196,16 @@ class Catalog:
             return np.empty(0, dtype="<u4"), empty, empty
         literal = "{" + ",".join(map(str, unique.tolist())) + "}"
         chunks: list[bytes] = []
-        async with self._pool.connection() as conn:
-            async with conn.cursor().copy(
+        async with (
+            self._pool.connection() as conn,
+            conn.cursor().copy(
                 f"COPY (SELECT hash, track_key, t FROM {SCHEMA}.landmarks "  # noqa: S608
                 "WHERE hash = ANY(%s::integer[])) TO STDOUT (FORMAT BINARY)",
                 (literal,),
-            ) as copy:
-                async for chunk in copy:
-                    chunks.append(bytes(chunk))
+            ) as copy,
+        ):
+            async for chunk in copy:
+                chunks.append(bytes(chunk))
         return decode_postings(b"".join(chunks))
 
     async def tracks_by_key(self, keys: list[int]) -> dict[int, TrackRow]:

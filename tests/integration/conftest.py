@@ -1,0 +1,37 @@
+"""The real embedded stack — nats-server, PostgreSQL and the four services — on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from earmark import Earmark
+from earmark_stack import StackInfo, down, up
+
+# Small enough that a test can exceed it cheaply.
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    home: Path = tmp_path_factory.mktemp("earmark-home")
+    info = up(
+        home,
+        extra_env={
+            "EARMARK_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+            "EARMARK_LOG_LEVEL": "INFO",
+        },
+    )
+    try:
+        yield info
+    finally:
+        down(home)
+
+
+@pytest.fixture(scope="session")
+def client(stack: StackInfo) -> Iterator[Earmark]:
+    with Earmark(
+        ingest=stack.addr("ingest"), search=stack.addr("search"), features=stack.addr("features")
+    ) as em:
+        yield em

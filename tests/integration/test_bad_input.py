@@ -1,0 +1,103 @@
+"""Bad uploads get INVALID_ARGUMENT with a precise message and leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import grpc
+import nats
+import psycopg
+import pytest
+from earmark import Earmark
+from earmark_stack import StackInfo
+
+from tests.integration.conftest import MAX_UPLOAD_BYTES
+from tests.synth import encode, song, wav_bytes
+
+
+def _submission_count(stack: StackInfo) -> int:
+    with psycopg.connect(stack.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM ingest.submissions").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _landmark_rows(stack: StackInfo) -> int:
+    with psycopg.connect(stack.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM catalog.landmarks").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _blob_keys(stack: StackInfo) -> set[str]:
+    async def run() -> set[str]:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            store = await nc.jetstream().object_store("earmark-blobs")
+            try:
+                infos = await store.list()
+            except Exception:
+                return set()
+            return {i.name for i in infos if not i.deleted}
+        except Exception:
+            return set()
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def _truncated_mp3() -> bytes:
+    return encode(song(5, seconds=10), "mp3")[:300]
+
+
+def _text() -> bytes:
+    return b"This is not audio. " * 100
+
+
+def _elf() -> bytes:
+    return b"\x7fELF\x02\x01\x01\x00" + os.urandom(4000)
+
+
+BAD_UPLOADS = [
+    ("empty.wav", lambda: b"", "empty upload"),
+    ("random.mp3", lambda: os.urandom(20000), "not decodable as audio"),
+    ("truncated.mp3", _truncated_mp3, ""),
+    ("notes.wav", _text, "not decodable as audio"),
+    ("program.flac", _elf, "not decodable as audio"),
+    ("silence.wav", lambda: wav_bytes(song(1, 5) * 0.0), "silent"),
+    ("short.wav", lambda: wav_bytes(song(2, 1.0)), "at least"),
+    ("huge.wav", lambda: os.urandom(MAX_UPLOAD_BYTES + 1024), "larger than"),
+]
+
+
+@pytest.mark.parametrize("name,make,fragment", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
+def test_bad_upload_is_refused_and_leaves_nothing(
+    client: Earmark, stack: StackInfo, name: str, make: object, fragment: str
+) -> None:
+    before = (_submission_count(stack), _blob_keys(stack), _landmark_rows(stack))
+    with pytest.raises(grpc.RpcError) as err:
+        client.upload(make(), external_id=name)  # type: ignore[operator]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert fragment in (err.value.details() or ""), err.value.details()
+    trailing = dict(err.value.trailing_metadata() or ())
+    assert trailing.get("earmark-rejection-code", "").startswith("REJECTION_CODE_")
+    after = (_submission_count(stack), _blob_keys(stack), _landmark_rows(stack))
+    assert after == before
+
+
+def test_upload_without_external_id_is_refused(client: Earmark) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        client.upload(wav_bytes(song(3, 5)), external_id="")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "external_id" in (err.value.details() or "")
+
+
+def test_unknown_ids_get_clear_statuses(client: Earmark) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        client.submission("not-a-uuid")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        client.submission("00000000-0000-0000-0000-000000000000")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -1,0 +1,136 @@
+"""Upload -> INDEXED -> identify, over gRPC against the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+from earmark import Earmark
+from earmark.aio import AsyncEarmark
+from earmark_stack import StackInfo
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.synth import add_noise, encode, song, wav_bytes
+
+SR = 22050
+FORMATS = ["wav", "mp3", "ogg", "flac", "mp3", "wav"]
+
+
+@pytest.fixture(scope="module")
+def catalog(client: Earmark) -> dict[int, str]:
+    """Seed -> track id for a small catalog in several formats."""
+    submitted = {}
+    for seed, fmt in enumerate(FORMATS):
+        audio = song(seed, seconds=20)
+        data = wav_bytes(audio) if fmt == "wav" else encode(audio, fmt, bitrate="64k")
+        sub = client.upload(
+            data,
+            external_id=f"seed-{seed}.{fmt}",
+            metadata={"title": f"Song {seed}", "artist": "Synth"},
+        )
+        assert sub.state == "RECEIVED"
+        submitted[seed] = sub.submission_id
+    final = client.wait(list(submitted.values()), timeout_s=120)
+    assert [s.state for s in final] == ["INDEXED"] * len(FORMATS)
+    return {seed: s.track_id for seed, s in zip(submitted, final, strict=True)}
+
+
+def test_every_service_reports_serving_and_reflection(stack: StackInfo) -> None:
+    for name, entry in stack.services.items():
+        with grpc.insecure_channel(str(entry["addr"])) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING, name
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            )
+            names = {s.name for r in replies for s in r.list_services_response.service}
+            assert f"earmark.v1.{name.capitalize()}Service" in names
+            assert "grpc.health.v1.Health" in names
+
+
+def test_catalog_lists_indexed_tracks(client: Earmark, catalog: dict[int, str]) -> None:
+    tracks = {t.track_id: t for t in client.tracks()}
+    assert set(catalog.values()) <= set(tracks)
+    track = tracks[catalog[1]]
+    assert track.title == "Song 1" and track.artist == "Synth"
+    assert track.duration_s == pytest.approx(20, abs=0.2)
+    assert track.landmark_count > 100
+
+
+@pytest.mark.parametrize("seed,offset_s", [(0, 3.0), (3, 11.5), (5, 7.25)])
+def test_identifies_noisy_mp3_clip_with_offset(
+    client: Earmark, catalog: dict[int, str], seed: int, offset_s: float
+) -> None:
+    audio = song(seed, seconds=20)
+    clip = audio[int(offset_s * SR) : int((offset_s + 5) * SR)]
+    noisy = add_noise(clip, snr_db=10, seed=seed)
+    result = client.identify(encode(noisy, "mp3", bitrate="64k"))
+    assert result.match is not None
+    assert result.match.track_id == catalog[seed]
+    assert result.match.offset_s == pytest.approx(offset_s, abs=0.1)
+    assert result.match.confidence > 0.5
+
+
+def test_clip_not_in_catalog_returns_no_match(client: Earmark, catalog: dict[int, str]) -> None:
+    stranger = song(1000, seconds=8)[SR:]
+    result = client.identify(wav_bytes(stranger))
+    assert result.match is None
+
+
+def test_asyncio_client_identifies_concurrently(stack: StackInfo, catalog: dict[int, str]) -> None:
+    async def run() -> list[str | None]:
+        async with AsyncEarmark(ingest=stack.addr("ingest"), search=stack.addr("search")) as em:
+            clips = [wav_bytes(song(s, seconds=20)[5 * SR : 9 * SR]) for s in (0, 1, 2, 4)]
+            results = await asyncio.gather(*(em.identify(c) for c in clips))
+            return [r.match.track_id if r.match else None for r in results]
+
+    assert asyncio.run(run()) == [catalog[s] for s in (0, 1, 2, 4)]
+
+
+def test_features_are_computed_for_indexed_tracks(client: Earmark, catalog: dict[int, str]) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            features = client.features(catalog[2])
+            break
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert features.duration_s == pytest.approx(20, abs=0.2)
+    assert -30 < features.loudness_dbfs < 0
+    assert 100 < features.spectral_centroid_hz < 5000
+
+
+def test_delete_removes_track_from_identification(client: Earmark) -> None:
+    audio = song(77, seconds=15)
+    sub = client.upload(wav_bytes(audio), external_id="to-delete")
+    (final,) = client.wait([sub.submission_id], timeout_s=60)
+    assert final.state == "INDEXED"
+    clip = wav_bytes(audio[2 * SR : 7 * SR])
+    assert client.identify(clip).match is not None
+    client.delete_track(final.track_id)
+    assert client.identify(clip).match is None
+    with pytest.raises(grpc.RpcError) as err:
+        client.track(final.track_id)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_identify_rejects_bad_clips(client: Earmark) -> None:
+    for clip, fragment in [(b"", "empty"), (b"hello, this is text", "not decodable")]:
+        with pytest.raises(grpc.RpcError) as err:
+            client.identify(clip)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert fragment in (err.value.details() or "")
+    long_clip = wav_bytes(np.zeros(61 * 8000, dtype=np.float32) + 0.1, sample_rate=8000)
+    with pytest.raises(grpc.RpcError) as err:
+        client.identify(long_clip)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
