@@ -13,7 +13,7 @@ from earmark import Earmark
 from earmark_stack import StackInfo
 
 from tests.integration.conftest import MAX_UPLOAD_BYTES
-from tests.synth import encode, song, wav_bytes
+from bench.synthetic import encode, song, wav_bytes
 
 
 def _submission_count(stack: StackInfo) -> int:

@@ -1,4 +1,4 @@
-"""Synthetic music for tests: deterministic, fast, and distinct per seed.
+"""Synthetic music for tests, the demo and benchmark distractors: deterministic, distinct per seed.
 
 Notes of random pitch and length with harmonics and decaying envelopes, plus
 a noise-burst percussion track; enough spectral structure for landmarks, and
@@ -55,6 +55,8 @@ def encode(samples: np.ndarray, fmt: str, sample_rate: int = 22050, bitrate: str
 
     codec = {"mp3": "libmp3lame", "ogg": "libvorbis", "flac": "flac", "opus": "libopus"}[fmt]
     muxer = {"mp3": "mp3", "ogg": "ogg", "flac": "flac", "opus": "ogg"}[fmt]
+    # libvorbis refuses most fixed bitrates at low sample rates; it is quality-driven anyway.
+    rate = ["-q:a", "3"] if fmt == "ogg" else ["-b:a", bitrate]
     result = subprocess.run(
         [
             imageio_ffmpeg.get_ffmpeg_exe(),
@@ -67,8 +69,7 @@ def encode(samples: np.ndarray, fmt: str, sample_rate: int = 22050, bitrate: str
             "pipe:0",
             "-c:a",
             codec,
-            "-b:a",
-            bitrate,
+            *rate,
             "-f",
             muxer,
             "pipe:1",
