@@ -9,7 +9,9 @@ is decoded; video, subtitle and data streams are dropped.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
+import wave
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -61,6 +63,32 @@ def _last_error_line(stderr: str) -> str:
     return lines[-1][:300] if lines else "no output from ffmpeg"
 
 
+def _decode_pcm_wav(
+    data: bytes, sample_rate_hz: int, max_seconds: float | None
+) -> DecodedAudio | None:
+    """Plain 16-bit PCM WAV without spawning ffmpeg: most clips arrive like this.
+
+    Returns None for anything else (the caller falls back to ffmpeg).
+    """
+    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    try:
+        with wave.open(io.BytesIO(data)) as wav:
+            if wav.getsampwidth() != 2 or wav.getcomptype() != "NONE":
+                return None
+            channels, rate, frames = wav.getnchannels(), wav.getframerate(), wav.getnframes()
+            if max_seconds is not None:
+                frames = min(frames, int((max_seconds + 1.0) * rate))
+            raw = wav.readframes(frames)
+    except (wave.Error, EOFError, ValueError):
+        return None
+    if not raw or rate < 1000 or channels < 1:
+        return None
+    raw = raw[: len(raw) - len(raw) % (2 * channels)]
+    samples = pcm16_to_float(raw, rate, channels, sample_rate_hz)
+    return DecodedAudio(samples=samples, sample_rate_hz=sample_rate_hz, container="wav")
+
+
 async def decode_audio(
     data: bytes,
     *,
@@ -72,6 +100,9 @@ async def decode_audio(
     """Decode any container ffmpeg understands to float32 mono at `sample_rate_hz`."""
     if not data:
         raise AudioDecodeError("empty input: no bytes to decode")
+    fast = await asyncio.to_thread(_decode_pcm_wav, data, sample_rate_hz, max_seconds)
+    if fast is not None:
+        return fast
     args = [
         ffmpeg or default_ffmpeg(),
         "-nostdin",

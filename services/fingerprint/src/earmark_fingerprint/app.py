@@ -34,7 +34,9 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
             )
         except AudioDecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return fingerprint_pb2.ExtractFingerprintResponse(landmarks=await fingerprint(samples))
+        query = request.purpose != fingerprint_pb2.EXTRACTION_PURPOSE_INDEX
+        landmarks = await fingerprint(samples, query=query)
+        return fingerprint_pb2.ExtractFingerprintResponse(landmarks=landmarks)
 
 
 class SubmissionFingerprinter:
@@ -57,7 +59,7 @@ class SubmissionFingerprinter:
         except AudioDecodeError as exc:
             raise bus.PermanentError(f"cannot decode source: {exc}") from exc
         await delivery.still_working()
-        landmarks = await fingerprint(samples)
+        landmarks = await fingerprint(samples, query=False)
         extracted = events_pb2.FingerprintExtracted(submission=event, landmarks=landmarks)
         await bus.publish(
             self._ctx.js, bus.FINGERPRINT_EXTRACTED, extracted, f"extracted:{event.submission_id}"

@@ -8,7 +8,13 @@ import numpy as np
 from earmark.v1 import common_pb2
 from earmark_runtime.audio import AudioDecodeError, decode_audio, pcm16_to_float
 
-from .landmarks import ALGORITHM_VERSION, SAMPLE_RATE_HZ, Landmarks, extract_landmarks
+from .landmarks import (
+    ALGORITHM_VERSION,
+    SAMPLE_RATE_HZ,
+    Landmarks,
+    extract_landmarks,
+    extract_query_landmarks,
+)
 
 
 def to_proto(landmarks: Landmarks) -> common_pb2.LandmarkFingerprint:
@@ -45,7 +51,8 @@ async def samples_of(
     return samples
 
 
-async def fingerprint(samples: np.ndarray) -> common_pb2.LandmarkFingerprint:
+async def fingerprint(samples: np.ndarray, *, query: bool) -> common_pb2.LandmarkFingerprint:
     # numpy/scipy release the GIL for the heavy parts; keep the event loop free.
-    landmarks = await asyncio.to_thread(extract_landmarks, samples)
+    extract = extract_query_landmarks if query else extract_landmarks
+    landmarks = await asyncio.to_thread(extract, samples)
     return to_proto(landmarks)

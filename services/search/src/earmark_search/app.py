@@ -53,7 +53,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             )
         try:
             extracted = await self._fingerprinter.ExtractFingerprint(
-                fingerprint_pb2.ExtractFingerprintRequest(audio=audio), timeout=30
+                fingerprint_pb2.ExtractFingerprintRequest(
+                    audio=audio, purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY
+                ),
+                timeout=30,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
