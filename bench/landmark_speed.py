@@ -14,6 +14,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 import numpy as np  # noqa: E402
+
 from earmark_fingerprint.landmarks import (  # noqa: E402
     SAMPLE_RATE_HZ,
     extract_landmarks,

@@ -9,11 +9,14 @@ phone band), plus one clip of music that is not in the catalog.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +49,20 @@ def make_catalog(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def distinct_audio_files(folder: Path) -> list[Path]:
+    """Audio files under `folder`, without symlinks or byte-identical copies."""
+    seen: set[str] = set()
+    files = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink() or not path.is_file() or path.suffix.lower() not in AUDIO_SUFFIXES:
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            files.append(path)
+    return files
+
+
 def degrade_clip(audio: np.ndarray, condition: str, rng: np.random.Generator) -> np.ndarray:
     if condition.startswith("noise"):
         return degrade.mix_at_snr(audio, degrade.pink_noise(len(audio), rng), 10.0)
@@ -72,9 +89,7 @@ def main() -> int:
     print(f"== starting the embedded stack under {home}", flush=True)
     info = up(home, progress=lambda m: print("  " + m, flush=True))
     if args.music:
-        files = sorted(
-            p for p in args.music.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-        )
+        files = distinct_audio_files(args.music)
     else:
         files = make_catalog(home / "demo-music", args.tracks)
     if not files:
@@ -91,9 +106,17 @@ def main() -> int:
             started = time.perf_counter()
             bar = Progress(len(todo), "upload")
             subs = []
-            for n, path in enumerate(todo, start=1):
-                subs.append(em.upload(path, external_id=str(path)))
-                bar.update(n)
+            refused: list[str] = []
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                futures = {pool.submit(em.upload, p, external_id=str(p)): p for p in todo}
+                for n, future in enumerate(as_completed(futures), start=1):
+                    try:
+                        subs.append(future.result())
+                    except grpc.RpcError as exc:
+                        refused.append(f"{futures[future].name}: {exc.details()}")
+                    bar.update(n)
+            for line in refused:
+                print(f"  refused {line}")
             wait_bar = Progress(len(subs), "index ")
             final = em.wait(
                 [s.submission_id for s in subs],
@@ -101,12 +124,13 @@ def main() -> int:
             )
             elapsed = time.perf_counter() - started
             audio_s = sum(s.duration_s for s in final)
-            rejected = sum(s.state == "REJECTED" for s in final)
+            rejected = sum(s.state == "REJECTED" for s in final) + len(refused)
             for s in final:
                 if s.state == "INDEXED":
                     track_of[s.external_id] = s.track_id
             print(
-                f"ingested {len(final) - rejected} tracks, {audio_s / 60:.1f} min of audio, "
+                f"ingested {len(final) + len(refused) - rejected} tracks, "
+                f"{audio_s / 60:.1f} min of audio, "
                 f"in {elapsed:.1f} s end to end: {audio_s / elapsed:.0f}x real time"
                 + (f" ({rejected} rejected)" if rejected else "")
             )
@@ -166,7 +190,7 @@ def main() -> int:
         f"\n{correct}/{total} right; identify latency p50 {percentile(latencies, 50):.0f} ms, "
         f"p99 {percentile(latencies, 99):.0f} ms (client side, over loopback)"
     )
-    print(f"\nThe stack keeps running: try `{REPO}/.venv/bin/earmark tracks`; stop it with `make down`.")
+    print(f"\nThe stack keeps running: try `{REPO}/.venv/bin/earmark tracks`; stop: `make down`.")
     return 0 if correct == total else 1
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from earmark import Earmark
 from earmark_stack import StackInfo, down, up
 

@@ -9,11 +9,11 @@ import grpc
 import nats
 import psycopg
 import pytest
+
+from bench.synthetic import encode, song, wav_bytes
 from earmark import Earmark
 from earmark_stack import StackInfo
-
 from tests.integration.conftest import MAX_UPLOAD_BYTES
-from bench.synthetic import encode, song, wav_bytes
 
 
 def _submission_count(stack: StackInfo) -> int:

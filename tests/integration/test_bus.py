@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -142,10 +143,8 @@ async def test_poison_message_is_dead_lettered_and_give_up_hook_runs(nc: NatsCli
     task = asyncio.create_task(consumer.run())
     msgs = []
     for _ in range(20):
-        try:
+        with contextlib.suppress(TimeoutError):
             msgs += await letters.fetch(batch=2, timeout=1)
-        except TimeoutError:
-            pass
         if len(msgs) >= 2:
             break
     done.set()

@@ -7,13 +7,13 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-from earmark import Earmark
-from earmark.aio import AsyncEarmark
-from earmark_stack import StackInfo
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from bench.synthetic import add_noise, encode, song, wav_bytes
+from earmark import Earmark
+from earmark.aio import AsyncEarmark
+from earmark_stack import StackInfo
 
 SR = 22050
 FORMATS = ["wav", "mp3", "ogg", "flac", "mp3", "wav"]

@@ -8,6 +8,8 @@ from functools import cache
 
 import numpy as np
 import pytest
+from scipy import signal
+
 from earmark_fingerprint.landmarks import (
     DF_MAX,
     DF_OFFSET,
@@ -25,7 +27,6 @@ from earmark_fingerprint.landmarks import (
     extract_query_landmarks,
 )
 from earmark_search.matching import MatchCandidate, rank_matches
-from scipy import signal
 
 SR = SAMPLE_RATE_HZ
 TRACK_KEY_BASE = 1000

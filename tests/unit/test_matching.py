@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from earmark_search.matching import MatchCandidate, match_confidence, rank_matches
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import nats
-from earmark.v1 import events_pb2
 from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -32,6 +31,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry.trace import SpanKind
+
+from earmark.v1 import events_pb2
 
 from .telemetry import extract_context, inject_headers, tracer
 

@@ -7,13 +7,14 @@ import logging
 import uuid
 
 import grpc
+from psycopg.rows import dict_row
+
 from earmark.v1 import events_pb2, features_pb2, features_pb2_grpc
 from earmark_runtime import bus
 from earmark_runtime.audio import AudioDecodeError, decode_audio
 from earmark_runtime.blobs import BlobNotFoundError
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
-from psycopg.rows import dict_row
 
 from .descriptors import SAMPLE_RATE_HZ, describe
 

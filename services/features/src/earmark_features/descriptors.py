@@ -7,6 +7,7 @@ bump it so stored rows from different extractors are never compared.
 from __future__ import annotations
 
 import numpy as np
+
 from earmark.v1 import features_pb2
 
 EXTRACTOR_VERSION = "numpy-basic-1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+
 from earmark.v1 import common_pb2, events_pb2, fingerprint_pb2, fingerprint_pb2_grpc
 from earmark_runtime import bus
 from earmark_runtime.audio import AudioDecodeError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+
 from earmark.v1 import common_pb2
 from earmark_runtime.audio import AudioDecodeError, decode_audio, pcm16_to_float
 

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+
 from earmark.v1 import common_pb2, events_pb2, ingest_pb2, ingest_pb2_grpc
 from earmark_runtime import bus
 from earmark_runtime.audio import AudioDecodeError, decode_audio

@@ -6,9 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from earmark.v1 import common_pb2, events_pb2
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+
+from earmark.v1 import common_pb2, events_pb2
 
 from .schema import SCHEMA
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import grpc
+
 from earmark.v1 import (
     common_pb2,
     events_pb2,

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from earmark.v1 import common_pb2, events_pb2
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
+
+from earmark.v1 import common_pb2, events_pb2
 
 from .schema import SCHEMA
 

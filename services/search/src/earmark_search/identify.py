@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 import numpy as np
+
 from earmark.v1 import common_pb2, search_pb2
 
 from .catalog import Catalog
