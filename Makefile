@@ -12,7 +12,8 @@ PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 CORPUS ?= $(HOME)/.cache/earmark/corpus
 PYTEST_ARGS ?=
 
-.PHONY: all install protos test unit integration lint typecheck demo bench corpus clean up down
+.PHONY: all install protos test unit integration lint typecheck demo bench corpus clean up down \
+	images images-gpu kind-up chart-test
 
 all: install
 
@@ -71,6 +72,21 @@ up: install
 
 down:
 	$(BIN)/earmark down
+
+SERVICES  := ingest fingerprint search features
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/earmark/Chart.yaml)
+
+images:
+	for s in $(SERVICES); do docker build -f services/$$s/Dockerfile -t earmark/$$s:$(IMAGE_TAG) . || exit 1; done
+
+images-gpu:
+	docker build -f services/fingerprint/Dockerfile.gpu -t earmark/fingerprint:$(IMAGE_TAG)-gpu .
+
+kind-up: images
+	scripts/kind-up.sh
+
+chart-test: install
+	$(BIN)/python -m pytest -q tests/chart $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMPS) sdk/src/earmark/v1 .pytest_cache .mypy_cache .ruff_cache

@@ -43,7 +43,8 @@ def test_bad_values_fail_with_the_variable_named(
 
 def test_readme_configuration_table_matches_the_code() -> None:
     readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- config-table:start -->\n(.*?)\n<!-- config-table:end -->", readme, re.S)
+    pattern = r"<!-- config-table:start -->\n(.*?)\n<!-- config-table:end -->"
+    block = re.search(pattern, readme, re.S)
     assert block is not None, "README lost its configuration table markers"
     assert block.group(1).strip() == markdown().strip(), "run: python scripts/config_table.py"
 
