@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 
@@ -87,9 +88,10 @@ class DirectoryBlobStore:
 
 
 class NatsObjectBlobStore:
-    def __init__(self, js: JetStreamContext, bucket: str) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, replicas: int = 1) -> None:
         self._js = js
         self._bucket = bucket
+        self._replicas = replicas
         self._store: object | None = None
 
     async def _obj(self):  # type: ignore[no-untyped-def]
@@ -97,7 +99,9 @@ class NatsObjectBlobStore:
             try:
                 self._store = await self._js.object_store(self._bucket)
             except (NotFoundError, Exception):
-                self._store = await self._js.create_object_store(self._bucket)
+                self._store = await self._js.create_object_store(
+                    self._bucket, config=ObjectStoreConfig(replicas=self._replicas)
+                )
         return self._store
 
     async def put(self, key: str, data: bytes) -> None:
@@ -138,11 +142,12 @@ class NatsObjectBlobStore:
         return sorted(i.name for i in infos if not getattr(i, "deleted", False))
 
 
-def open_blob_store(url: str, js: JetStreamContext | None) -> BlobStore:
+def open_blob_store(url: str, js: JetStreamContext | None, replicas: int = 1) -> BlobStore:
     if url.startswith("file://"):
         return DirectoryBlobStore(Path(url.removeprefix("file://")).expanduser())
     if url.startswith("nats://"):
         if js is None:
             raise ValueError("a nats:// blob store needs a JetStream connection")
-        return NatsObjectBlobStore(js, url.removeprefix("nats://").strip("/") or "earmark-blobs")
+        bucket = url.removeprefix("nats://").strip("/") or "earmark-blobs"
+        return NatsObjectBlobStore(js, bucket, replicas)
     raise ValueError(f"unsupported blob store URL {url!r}")

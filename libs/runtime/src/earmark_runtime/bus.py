@@ -73,13 +73,14 @@ async def connect(url: str, name: str) -> NatsClient:
     )
 
 
-async def ensure_stream(js: JetStreamContext) -> None:
+async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
     config = StreamConfig(
         name=STREAM_NAME,
         subjects=STREAM_SUBJECTS,
         storage=StorageType.FILE,
         duplicate_window=DUPLICATE_WINDOW_S,
         max_age=7 * 24 * 3600.0,
+        num_replicas=replicas,
     )
     try:
         await js.add_stream(config)

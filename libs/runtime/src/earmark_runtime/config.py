@@ -46,6 +46,11 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc("EARMARK_MIN_DURATION_S", "3", "Shortest accepted track, seconds."),
     SettingDoc("EARMARK_MAX_CLIP_S", "60", "Longest clip identify takes, seconds."),
     SettingDoc("EARMARK_WORKERS", "2", "Messages a consumer works on at once."),
+    SettingDoc(
+        "EARMARK_STREAM_REPLICAS",
+        "1",
+        "Replicas of the JetStream stream and blob bucket (3 on a 3-node NATS cluster).",
+    ),
     SettingDoc("EARMARK_FFMPEG", "ffmpeg from imageio-ffmpeg", "ffmpeg binary used to decode."),
     SettingDoc("EARMARK_LOG_LEVEL", "INFO", "Python log level."),
     SettingDoc("EARMARK_LOG_FORMAT", "text", "text, or json for one JSON object per line."),
@@ -103,6 +108,7 @@ class Settings:
     min_duration_s: float
     max_clip_s: float
     workers: int
+    stream_replicas: int
     ffmpeg: str
     log_level: str
     log_format: str
@@ -147,6 +153,7 @@ def load_settings(service: str) -> Settings:
         min_duration_s=_env_float("EARMARK_MIN_DURATION_S", 3.0),
         max_clip_s=_env_float("EARMARK_MAX_CLIP_S", 60.0, minimum=1.0),
         workers=_env_int("EARMARK_WORKERS", 2, minimum=1),
+        stream_replicas=_env_int("EARMARK_STREAM_REPLICAS", 1, minimum=1),
         ffmpeg=_env("EARMARK_FFMPEG", ""),
         log_level=_env("EARMARK_LOG_LEVEL", "INFO").upper(),
         log_format=log_format,

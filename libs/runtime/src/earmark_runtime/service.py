@@ -104,10 +104,10 @@ async def start_context(
     setup_tracing(f"earmark-{service}", settings.otel_exporter)
     nc = await _connect_with_retry(settings.nats_url, f"earmark-{service}")
     js = nc.jetstream()
-    await bus.ensure_stream(js)
+    await bus.ensure_stream(js, settings.stream_replicas)
     ctx = ServiceContext(settings=settings, nc=nc, js=js)
     if use_blobs:
-        ctx.blobs = open_blob_store(settings.blob_url, js)
+        ctx.blobs = open_blob_store(settings.blob_url, js, replicas=settings.stream_replicas)
     if use_database or migrations:
         ctx.pool = await db.open_pool(settings.database_url)
         for schema, steps in migrations:
