@@ -134,3 +134,54 @@ def test_identify_rejects_bad_clips(client: Earmark) -> None:
     with pytest.raises(grpc.RpcError) as err:
         client.identify(long_clip)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _mix(
+    pieces: list[tuple[int, float, float]], gap_s: float, fade_s: float
+) -> tuple[np.ndarray, list[float]]:
+    """Concatenate (seed, from_s, to_s) excerpts; odd joins are gaps, even joins crossfades.
+
+    Returns the mix, where each piece starts as a monitoring report times it
+    (after a gap, its first sample; in a crossfade, the midpoint, where the
+    incoming track becomes the louder one), and where its first sample lies.
+    """
+    out = np.zeros(0, dtype=np.float32)
+    starts: list[float] = []
+    origins: list[float] = []
+    fade = int(fade_s * SR)
+    for n, (seed, a, b) in enumerate(pieces):
+        piece = song(seed, seconds=20)[int(a * SR) : int(b * SR)].copy()
+        if n == 0:
+            starts.append(0.0)
+            origins.append(0.0)
+            out = piece
+        elif n % 2 == 1:
+            out = np.concatenate([out, np.zeros(int(gap_s * SR), dtype=np.float32)])
+            starts.append(len(out) / SR)
+            origins.append(len(out) / SR)
+            out = np.concatenate([out, piece])
+        else:
+            ramp = np.linspace(0, 1, fade, dtype=np.float32)
+            starts.append((len(out) - fade / 2) / SR)
+            origins.append((len(out) - fade) / SR)
+            head = piece[:fade] * ramp
+            out[-fade:] = out[-fade:] * ramp[::-1] + head
+            out = np.concatenate([out, piece[fade:]])
+    return out, starts, origins
+
+
+def test_scan_reports_every_track_of_a_mix_in_order(
+    client: Earmark, catalog: dict[int, str]
+) -> None:
+    pieces = [(0, 0.0, 20.0), (3, 2.0, 18.0), (1, 0.0, 20.0), (5, 4.0, 20.0), (2, 1.0, 19.0)]
+    mix, starts, origins = _mix(pieces, gap_s=2.0, fade_s=2.0)
+    entries = client.scan(encode(mix, "mp3", bitrate="128k"))
+    assert [e.track_id for e in entries] == [catalog[seed] for seed, _, _ in pieces]
+    for entry, start, origin, (_, from_s, _) in zip(entries, starts, origins, pieces, strict=True):
+        assert entry.start_s == pytest.approx(start, abs=1.0)
+        assert entry.track_offset_s == pytest.approx(from_s + entry.start_s - origin, abs=0.2)
+        assert entry.confidence > 0.5
+
+
+def test_scan_of_unknown_music_reports_nothing(client: Earmark, catalog: dict[int, str]) -> None:
+    assert client.scan(wav_bytes(song(4242, seconds=30))) == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -188,12 +186,9 @@ def test_confidence_is_monotone_and_bounded() -> None:
     assert match_confidence(5, 4) < 0.1  # barely above chance: low
 
 
-def test_100k_postings_are_fast() -> None:
+def test_finds_the_match_among_100k_distractor_postings() -> None:
+    # Speed is measured in bench/landmark_speed.py, not asserted here.
     qh, qt = query(2000)
     p = cat(postings(qh, qt, 42, 777, np.arange(300)), random_rows(qh, 100_000, (0, 5000), 8))
-    rank_matches(qh, qt, *p)  # warm-up
-    start = time.perf_counter()
     [m] = rank_matches(qh, qt, *p)
-    elapsed = time.perf_counter() - start
     assert (m.track_key, m.offset_frames) == (42, 777)
-    assert elapsed < 0.1  # typically ~10 ms; generous for loaded CI machines

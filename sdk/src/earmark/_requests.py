@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from earmark.v1 import common_pb2, ingest_pb2
+from earmark.v1 import common_pb2, ingest_pb2, search_pb2
 
 CHUNK_BYTES = 1024 * 1024
 # Uploads and clips are larger than gRPC's 4 MiB default.
@@ -44,3 +44,11 @@ def upload_messages(
 
 def audio_input(data: bytes) -> common_pb2.AudioInput:
     return common_pb2.AudioInput(encoded=data)
+
+
+def scan_messages(
+    data: bytes, *, window_s: float = 0.0, hop_s: float = 0.0
+) -> Iterator[search_pb2.ScanRequest]:
+    yield search_pb2.ScanRequest(header=search_pb2.ScanHeader(window_s=window_s, hop_s=hop_s))
+    for start in range(0, len(data), CHUNK_BYTES):
+        yield search_pb2.ScanRequest(chunk=data[start : start + CHUNK_BYTES])

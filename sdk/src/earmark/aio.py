@@ -11,9 +11,16 @@ import grpc
 
 from earmark.v1 import ingest_pb2, ingest_pb2_grpc, search_pb2, search_pb2_grpc
 
-from ._requests import CHANNEL_OPTIONS, AudioSource, audio_input, read_audio, upload_messages
+from ._requests import (
+    CHANNEL_OPTIONS,
+    AudioSource,
+    audio_input,
+    read_audio,
+    scan_messages,
+    upload_messages,
+)
 from .discovery import resolve
-from .results import Identification, Submission, Track
+from .results import Identification, Submission, TimelineEntry, Track
 
 
 class AsyncEarmark:
@@ -84,6 +91,15 @@ class AsyncEarmark:
             timeout=self._timeout,
         )
         return Identification.from_proto(reply, (time.perf_counter() - started) * 1000)
+
+    async def scan(
+        self, recording: AudioSource, *, window_s: float = 0.0, hop_s: float = 0.0
+    ) -> list[TimelineEntry]:
+        data = await asyncio.to_thread(read_audio, recording)
+        reply = await self._search.Scan(
+            scan_messages(data, window_s=window_s, hop_s=hop_s), timeout=max(self._timeout, 600.0)
+        )
+        return [TimelineEntry.from_proto(e) for e in reply.entries]
 
     async def tracks(self, page_size: int = 500) -> AsyncIterator[Track]:
         token = ""

@@ -170,6 +170,37 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    with Earmark() as em:
+        for recording in args.files:
+            print(f"scanning {recording} ...", file=sys.stderr, flush=True)
+            entries = em.scan(recording, window_s=args.window, hop_s=args.hop)
+            if args.json:
+                for e in entries:
+                    print(json.dumps({"file": recording, **e.to_json()}))
+                continue
+            table(
+                ["start", "end", "track", "artist", "offset in track", "confidence"],
+                [
+                    (
+                        _clock(e.start_s),
+                        _clock(e.end_s),
+                        e.title or e.external_id,
+                        e.artist,
+                        _clock(e.track_offset_s),
+                        f"{e.confidence:.2f}",
+                    )
+                    for e in entries
+                ],
+            )
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(max(seconds, 0.0), 60)
+    return f"{int(minutes):d}:{secs:04.1f}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with Earmark() as em:
         subs = em.submissions(args.ids)
@@ -243,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clips", nargs="+")
     p.add_argument("--max-matches", type=int, default=1)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p = add("scan", cmd_scan, "report which catalog tracks play in long recordings, and when")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--window", type=float, default=0.0, help="analysis window, s (default 10)")
+    p.add_argument("--hop", type=float, default=0.0, help="hop between windows, s (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON object per timeline entry")
     p = add("status", cmd_status, "show submissions")
     p.add_argument("ids", nargs="+")
     p.add_argument("--json", action="store_true")

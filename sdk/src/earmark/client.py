@@ -17,9 +17,16 @@ from earmark.v1 import (
     search_pb2_grpc,
 )
 
-from ._requests import CHANNEL_OPTIONS, AudioSource, audio_input, read_audio, upload_messages
+from ._requests import (
+    CHANNEL_OPTIONS,
+    AudioSource,
+    audio_input,
+    read_audio,
+    scan_messages,
+    upload_messages,
+)
 from .discovery import resolve
-from .results import Identification, Submission, Track
+from .results import Identification, Submission, TimelineEntry, Track
 
 
 class Earmark:
@@ -123,6 +130,16 @@ class Earmark:
             timeout=self._timeout,
         )
         return Identification.from_proto(reply, (time.perf_counter() - started) * 1000)
+
+    def scan(
+        self, recording: AudioSource, *, window_s: float = 0.0, hop_s: float = 0.0
+    ) -> list[TimelineEntry]:
+        """Which catalog tracks play in a long recording, and when (in order)."""
+        reply = self._search.Scan(
+            scan_messages(read_audio(recording), window_s=window_s, hop_s=hop_s),
+            timeout=max(self._timeout, 600.0),
+        )
+        return [TimelineEntry.from_proto(e) for e in reply.entries]
 
     def track(self, track_id: str) -> Track:
         reply = self._search.GetTrack(

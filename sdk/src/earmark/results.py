@@ -113,3 +113,31 @@ class Identification:
             query_duration_s=reply.query_duration_s,
             latency_ms=latency_ms,
         )
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    track_id: str
+    external_id: str
+    title: str
+    artist: str
+    start_s: float
+    end_s: float
+    track_offset_s: float
+    confidence: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_proto(cls, e: search_pb2.TimelineEntry) -> TimelineEntry:
+        return cls(
+            track_id=e.track.track_id,
+            external_id=e.track.external_id,
+            title=e.track.metadata.title,
+            artist=e.track.metadata.artist,
+            start_s=round(e.start_s, 2),
+            end_s=round(e.end_s, 2),
+            track_offset_s=round(e.track_offset_s, 2),
+            confidence=round(e.confidence, 4),
+        )

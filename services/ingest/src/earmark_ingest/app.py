@@ -16,6 +16,7 @@ from earmark_runtime import bus
 from earmark_runtime.audio import AudioDecodeError, decode_audio
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
+from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
 
 from .schema import MIGRATIONS, SCHEMA
 from .submissions import FINGERPRINTED, INDEXED, NewSubmission, Submissions
@@ -40,45 +41,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self._ctx = ctx
         self._subs = submissions
 
-    async def _receive(
-        self, requests: AsyncIterator[ingest_pb2.UploadRequest], context: grpc.aio.ServicerContext
-    ) -> tuple[ingest_pb2.UploadHeader, bytes]:
-        limit = self._ctx.settings.max_upload_bytes
-        header: ingest_pb2.UploadHeader | None = None
-        body = bytearray()
-        async for request in requests:
-            part = request.WhichOneof("part")
-            if header is None:
-                if part != "header":
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "the first upload message must be the header",
-                    )
-                header = request.header
-                continue
-            if part != "chunk":
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only one header is allowed")
-            body += request.chunk
-            if len(body) > limit:
-                await _refuse(
-                    context,
-                    Refusal(
-                        common_pb2.REJECTION_CODE_TOO_LARGE,
-                        f"upload is larger than the {limit} byte limit",
-                    ),
-                )
-        if header is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the upload had no header")
-        assert header is not None
-        return header, bytes(body)
-
     async def Upload(
         self,
         request_iterator: AsyncIterator[ingest_pb2.UploadRequest],
         context: grpc.aio.ServicerContext,
     ) -> ingest_pb2.UploadResponse:
         settings = self._ctx.settings
-        header, data = await self._receive(request_iterator, context)
+        try:
+            header, data = await collect_header_and_chunks(
+                request_iterator, context, limit_bytes=settings.max_upload_bytes
+            )
+        except StreamTooLargeError as exc:
+            await _refuse(context, Refusal(common_pb2.REJECTION_CODE_TOO_LARGE, str(exc)))
+            raise AssertionError("unreachable") from exc
         if not header.external_id.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "external_id is required")
         if not data:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -17,15 +18,18 @@ from earmark.v1 import (
 from earmark_runtime import bus
 from earmark_runtime.server import grpc_options, run_server
 from earmark_runtime.service import ServiceContext, start_context
+from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
 from earmark_runtime.telemetry import client_interceptors
 
 from .catalog import Catalog, is_uuid
-from .identify import identify
+from .identify import identify, scan_recording
 from .schema import MIGRATIONS, SCHEMA
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 MAX_PAGE_SIZE = 1000
+# A two-hour show as 320 kbps MP3 is ~290 MB; beyond that, scan it in parts.
+MAX_SCAN_BYTES = 512 * 1024 * 1024
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -52,20 +56,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "no audio given: the clip is empty"
             )
-        try:
-            extracted = await self._fingerprinter.ExtractFingerprint(
-                fingerprint_pb2.ExtractFingerprintRequest(
-                    audio=audio, purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY
-                ),
-                timeout=30,
-            )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.details() or "bad audio")
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"fingerprint service unavailable: {exc.code().name}"
-            )
-        landmarks = extracted.landmarks
+        landmarks = await self._extract(audio, context)
         if landmarks.duration_s > self._ctx.settings.max_clip_s:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -77,6 +68,56 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         except OSError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"catalog unavailable: {exc}")
         raise AssertionError("unreachable")
+
+    async def _extract(
+        self, audio: common_pb2.AudioInput, context: grpc.aio.ServicerContext
+    ) -> common_pb2.LandmarkFingerprint:
+        try:
+            extracted = await self._fingerprinter.ExtractFingerprint(
+                fingerprint_pb2.ExtractFingerprintRequest(
+                    audio=audio, purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY
+                ),
+                timeout=300,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.details() or "bad audio")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"fingerprint service unavailable: {exc.code().name}"
+            )
+        landmarks: common_pb2.LandmarkFingerprint = extracted.landmarks
+        return landmarks
+
+    async def Scan(
+        self,
+        request_iterator: AsyncIterator[search_pb2.ScanRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> search_pb2.ScanResponse:
+        try:
+            header, data = await collect_header_and_chunks(
+                request_iterator, context, limit_bytes=MAX_SCAN_BYTES
+            )
+        except StreamTooLargeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc
+        if not data:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "no audio given: the file is empty"
+            )
+        window_s = header.window_s or 10.0
+        hop_s = header.hop_s or window_s / 2
+        if not (2.0 <= window_s <= 60.0 and 0.5 <= hop_s <= window_s):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "window_s must be within 2..60 s and hop_s within 0.5 s..window_s",
+            )
+        landmarks = await self._extract(common_pb2.AudioInput(encoded=data), context)
+        try:
+            timeline = await scan_recording(self._catalog, landmarks, window_s, hop_s)
+        except OSError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"catalog unavailable: {exc}")
+            raise AssertionError("unreachable") from exc
+        return timeline
 
     async def GetTrack(
         self, request: search_pb2.GetTrackRequest, context: grpc.aio.ServicerContext

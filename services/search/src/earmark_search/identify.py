@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,11 +10,7 @@ from earmark.v1 import common_pb2, search_pb2
 
 from .catalog import Catalog
 from .matching import rank_matches
-
-
-@dataclass(frozen=True)
-class IdentifyOutcome:
-    response: search_pb2.IdentifyResponse
+from .scanning import scan
 
 
 async def identify(
@@ -46,6 +41,34 @@ async def identify(
                 offset_s=match.offset_frames * frame_s,
                 score=float(match.score),
                 confidence=match.confidence,
+            )
+        )
+    return response
+
+
+async def scan_recording(
+    catalog: Catalog, landmarks: common_pb2.LandmarkFingerprint, window_s: float, hop_s: float
+) -> search_pb2.ScanResponse:
+    hashes = np.frombuffer(landmarks.hashes, dtype="<u4")
+    times = np.frombuffer(landmarks.times, dtype="<u4")
+    timeline = await scan(
+        hashes, times, landmarks.frame_rate_hz, catalog.postings, window_s=window_s, hop_s=hop_s
+    )
+    response = search_pb2.ScanResponse(duration_s=landmarks.duration_s)
+    tracks = await catalog.tracks_by_key([s.track_key for s in timeline.segments])
+    frame_s = 1.0 / landmarks.frame_rate_hz
+    for segment in timeline.segments:
+        track = tracks.get(segment.track_key)
+        if track is None:
+            continue
+        response.entries.append(
+            search_pb2.TimelineEntry(
+                track=track.to_proto(),
+                start_s=segment.first_frame * frame_s,
+                end_s=segment.last_frame * frame_s,
+                track_offset_s=(segment.first_frame + segment.alignment) * frame_s,
+                confidence=segment.confidence,
+                score=float(segment.score),
             )
         )
     return response

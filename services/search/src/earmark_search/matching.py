@@ -89,7 +89,7 @@ def rank_matches(
             f"hashes={ph.size} tracks={ptrack.size} times={pt.size}"
         )
 
-    pairs = _join(qh, qt, ph, ptrack, pt)
+    pairs = join_postings(qh, qt, ph, ptrack, pt)
     if pairs is None:
         return []
     tracks, offsets, q_idx = pairs
@@ -224,7 +224,7 @@ def _background_level(random_pairs: int, offset_span: int) -> float:
     return lam + 3.0 * float(np.sqrt(lam))
 
 
-def _join(
+def join_postings(
     qh: IntArray, qt: IntArray, ph: IntArray, ptrack: IntArray, pt: IntArray
 ) -> tuple[IntArray, IntArray, IntArray] | None:
     """Every (query landmark, posting) pair sharing a hash, as (track, offset, query index).
