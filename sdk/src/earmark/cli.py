@@ -148,6 +148,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                             "clip": clip,
                             "match": match.to_json() if match else None,
                             "latency_ms": round(result.latency_ms, 1),
+                        "server_ms": round(result.server_ms, 1),
                         }
                     )
                 )

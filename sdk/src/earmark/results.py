@@ -89,7 +89,8 @@ class Match:
 class Identification:
     matches: list[Match]
     query_duration_s: float
-    latency_ms: float
+    latency_ms: float  # measured by the client: the whole call
+    server_ms: float  # measured by search: extraction, lookup and vote
 
     @property
     def match(self) -> Match | None:
@@ -112,6 +113,7 @@ class Identification:
             ],
             query_duration_s=reply.query_duration_s,
             latency_ms=latency_ms,
+            server_ms=reply.timings.total_ms,
         )
 
 

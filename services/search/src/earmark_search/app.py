@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -56,7 +57,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "no audio given: the clip is empty"
             )
+        started = time.perf_counter()
         landmarks = await self._extract(audio, context)
+        extracted_at = time.perf_counter()
         if landmarks.duration_s > self._ctx.settings.max_clip_s:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -64,7 +67,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 f"{self._ctx.settings.max_clip_s:.0f} s",
             )
         try:
-            return await identify(self._catalog, landmarks, max(1, request.max_matches))
+            response = await identify(self._catalog, landmarks, max(1, request.max_matches))
+            response.timings.extract_ms = (extracted_at - started) * 1000
+            response.timings.total_ms = (time.perf_counter() - started) * 1000
+            return response
         except OSError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"catalog unavailable: {exc}")
         raise AssertionError("unreachable")

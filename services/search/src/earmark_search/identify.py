@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 
 from earmark.v1 import common_pb2, search_pb2
 
 from .catalog import Catalog
-from .matching import rank_matches
-from .scanning import scan
+from .matching import MatchCandidate, rank_matches
+from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
+
+
+def _confident_matches(
+    hashes: np.ndarray, times: np.ndarray, postings: Postings, max_matches: int
+) -> list[MatchCandidate]:
+    """Ranked matches whose votes come from enough distinct moments of the clip."""
+    ranked = rank_matches(hashes, times, *postings, max_matches=max_matches)
+    q_hashes, q_times = hashes.astype(np.int64), times.astype(np.int64)
+    return [
+        m
+        for m in ranked
+        if aligned_times(q_hashes, q_times, postings, m.track_key, m.offset_frames).size
+        >= MIN_DISTINCT_TIMES
+    ]
 
 
 async def identify(
@@ -23,10 +38,13 @@ async def identify(
     )
     if hashes.size == 0:
         return response
-    p_hash, p_track, p_time = await catalog.postings(hashes)
-    ranked = await asyncio.to_thread(
-        rank_matches, hashes, times, p_hash, p_track, p_time, max_matches=max_matches
-    )
+    started = time.perf_counter()
+    postings = await catalog.postings(hashes)
+    looked_up = time.perf_counter()
+    ranked = await asyncio.to_thread(_confident_matches, hashes, times, postings, max_matches)
+    response.timings.lookup_ms = (looked_up - started) * 1000
+    response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
+    response.postings = len(postings[0])
     if not ranked:
         return response
     tracks = await catalog.tracks_by_key([m.track_key for m in ranked])
