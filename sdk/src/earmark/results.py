@@ -25,6 +25,7 @@ class Submission:
     rejection_code: str
     rejection_message: str
     duration_s: float
+    duplicate_of: str = ""  # for DUPLICATE rejections: the catalog track it repeats
 
     @property
     def final(self) -> bool:
@@ -45,6 +46,7 @@ class Submission:
             ),
             rejection_message=sub.rejection.message if rejected else "",
             duration_s=sub.duration_s,
+            duplicate_of=sub.rejection.duplicate_of_track_id if rejected else "",
         )
 
 

@@ -45,6 +45,11 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc("EARMARK_MAX_DURATION_S", "7200", "Longest accepted track, seconds."),
     SettingDoc("EARMARK_MIN_DURATION_S", "3", "Shortest accepted track, seconds."),
     SettingDoc("EARMARK_MAX_CLIP_S", "60", "Longest clip identify takes, seconds."),
+    SettingDoc(
+        "EARMARK_DUPLICATES",
+        "reject",
+        "A submission that is the same recording as a catalog track: reject, replace or allow.",
+    ),
     SettingDoc("EARMARK_WORKERS", "2", "Messages a consumer works on at once."),
     SettingDoc(
         "EARMARK_STREAM_REPLICAS",
@@ -109,6 +114,7 @@ class Settings:
     max_clip_s: float
     workers: int
     stream_replicas: int
+    duplicates: str
     ffmpeg: str
     log_level: str
     log_format: str
@@ -136,6 +142,11 @@ def load_settings(service: str) -> Settings:
     exporter = _env("EARMARK_OTEL_EXPORTER", "none")
     if exporter not in ("none", "console", "otlp", "memory"):
         raise ConfigError(f"EARMARK_OTEL_EXPORTER must be none, console or otlp, got {exporter!r}")
+    duplicates = _env("EARMARK_DUPLICATES", "reject")
+    if duplicates not in ("reject", "replace", "allow"):
+        raise ConfigError(
+            f"EARMARK_DUPLICATES must be reject, replace or allow, got {duplicates!r}"
+        )
     blob_url = _env("EARMARK_BLOB_URL", "nats://earmark-blobs")
     if not blob_url.startswith(("nats://", "file://")):
         raise ConfigError(f"EARMARK_BLOB_URL must start with nats:// or file://, got {blob_url!r}")
@@ -154,6 +165,7 @@ def load_settings(service: str) -> Settings:
         max_clip_s=_env_float("EARMARK_MAX_CLIP_S", 60.0, minimum=1.0),
         workers=_env_int("EARMARK_WORKERS", 2, minimum=1),
         stream_replicas=_env_int("EARMARK_STREAM_REPLICAS", 1, minimum=1),
+        duplicates=duplicates,
         ffmpeg=_env("EARMARK_FFMPEG", ""),
         log_level=_env("EARMARK_LOG_LEVEL", "INFO").upper(),
         log_format=log_format,

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 
 from earmark.v1 import (
     common_pb2,
@@ -23,6 +24,7 @@ from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chun
 from earmark_runtime.telemetry import client_interceptors
 
 from .catalog import Catalog, is_uuid
+from .duplicates import find_duplicate
 from .identify import identify, scan_recording
 from .schema import MIGRATIONS, SCHEMA
 
@@ -182,8 +184,21 @@ class Indexer:
     async def handle(self, event: events_pb2.FingerprintExtracted, delivery: bus.Delivery) -> None:
         if not is_uuid(event.submission.submission_id):
             raise bus.PermanentError(f"bad submission id {event.submission.submission_id!r}")
+        policy = self._ctx.settings.duplicates
+        sub = event.submission
         try:
-            await self._catalog.index_track(event)
+            # One indexer at a time checks and writes, so two copies of one recording
+            # arriving together cannot both pass the check.
+            async with self._catalog.exclusive_indexing(enabled=policy != "allow"):
+                if policy != "allow":
+                    duplicate = await self._duplicate_of(event)
+                    if duplicate is not None and policy == "reject":
+                        await self._reject_duplicate(event, *duplicate)
+                        return
+                    if duplicate is not None:
+                        log.info("%s replaces track %s", sub.submission_id, duplicate[0])
+                        await self._catalog.delete_track(duplicate[0])
+                await self._catalog.index_track(event)
         except ValueError as exc:
             raise bus.PermanentError(str(exc)) from exc
         indexed = events_pb2.TrackIndexed(
@@ -193,6 +208,43 @@ class Indexer:
         )
         await bus.publish(
             self._ctx.js, bus.TRACK_INDEXED, indexed, f"indexed:{event.submission.submission_id}"
+        )
+
+    async def _duplicate_of(
+        self, event: events_pb2.FingerprintExtracted
+    ) -> tuple[str, float] | None:
+        lm = event.landmarks
+        own = await self._catalog.get_track(event.submission.submission_id)
+        found = await find_duplicate(
+            np.frombuffer(lm.hashes, dtype="<u4"),
+            np.frombuffer(lm.times, dtype="<u4"),
+            lm.frame_rate_hz,
+            self._catalog.postings,
+            ignore_track_key=own.track_key if own else None,
+        )
+        if found is None:
+            return None
+        tracks = await self._catalog.tracks_by_key([found.track_key])
+        track = tracks.get(found.track_key)
+        return (track.track_id, found.coverage) if track else None
+
+    async def _reject_duplicate(
+        self, event: events_pb2.FingerprintExtracted, track_id: str, coverage: float
+    ) -> None:
+        rejected = events_pb2.SubmissionRejected(
+            submission_id=event.submission.submission_id,
+            stage="search",
+            rejection=common_pb2.Rejection(
+                code=common_pb2.REJECTION_CODE_DUPLICATE,
+                message=f"same recording as track {track_id} ({coverage:.0%} of it matches)",
+                duplicate_of_track_id=track_id,
+            ),
+        )
+        await bus.publish(
+            self._ctx.js,
+            bus.SUBMISSION_REJECTED,
+            rejected,
+            f"rejected:{event.submission.submission_id}",
         )
 
     async def give_up(self, event: events_pb2.FingerprintExtracted, error: str) -> None:

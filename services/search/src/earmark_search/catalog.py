@@ -7,8 +7,10 @@ cost one round trip whatever their number.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ from earmark.v1 import common_pb2, events_pb2
 
 from .schema import SCHEMA
 
+# Advisory lock key held while a track is checked for duplicates and written.
+_INDEXING_LOCK = 0x4541524D41524B  # "EARMARK"
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
 # One binary COPY row of three int4 columns: field count, then (length, value) per field.
@@ -111,6 +115,19 @@ def _row_to_track(row: dict[str, Any]) -> TrackRow:
 class Catalog:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def exclusive_indexing(self, *, enabled: bool = True) -> AsyncIterator[None]:
+        """Serialise duplicate check + write across every search replica."""
+        if not enabled:
+            yield
+            return
+        async with self._pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (_INDEXING_LOCK,))
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_INDEXING_LOCK,))
 
     async def index_track(self, event: events_pb2.FingerprintExtracted) -> int:
         """Insert or replace the track of a submission with its landmarks, atomically.
