@@ -34,7 +34,16 @@ from .processes import (
 SERVICES = ("fingerprint", "search", "ingest", "features")
 INFO_FILE = "stack.json"
 
-__all__ = ["StackError", "StackInfo", "down", "read_info", "up"]
+__all__ = [
+    "StackError",
+    "StackInfo",
+    "down",
+    "read_info",
+    "restart_nats",
+    "restart_postgres",
+    "restart_service",
+    "up",
+]
 
 
 @dataclass
@@ -46,6 +55,7 @@ class StackInfo:
     pgdata: str
     blob_url: str
     services: dict[str, dict[str, int | str]] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def addr(self, service: str) -> str:
         return str(self.services[service]["addr"])
@@ -130,6 +140,7 @@ def up(
         database_url=f"postgresql://earmark@127.0.0.1:{pg_port}/earmark",
         pgdata=str(pgdata),
         blob_url=(extra_env or {}).get("EARMARK_BLOB_URL", "nats://earmark-blobs"),
+        extra_env=dict(extra_env or {}),
     )
     # Recorded before anything else starts, so `down` can clean up a failed start.
     _write_info(home, info)
@@ -137,50 +148,101 @@ def up(
         progress(f"starting PostgreSQL on 127.0.0.1:{pg_port}")
         start_postgres(pgdata, pg_port, logs / "postgres.log")
         ensure_database(pg_port, "earmark")
-        _start_services(home, info, extra_env, progress, timeout_s)
+        _start_services(home, info, progress, timeout_s)
     except BaseException:
         down(home)
         raise
     return info
 
 
+def _service_env(home: Path, info: StackInfo, name: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "EARMARK_HOME": str(home),
+        "EARMARK_GRPC_HOST": "127.0.0.1",
+        "EARMARK_GRPC_PORT": str(info.services[name]["addr"]).rsplit(":", 1)[1],
+        "EARMARK_NATS_URL": info.nats_url,
+        "EARMARK_DATABASE_URL": info.database_url,
+        "EARMARK_BLOB_URL": info.blob_url,
+        "EARMARK_FINGERPRINT_ADDR": info.addr("fingerprint"),
+        "PYTHONUNBUFFERED": "1",
+        **info.extra_env,
+    }
+
+
+def _spawn_service(home: Path, info: StackInfo, name: str) -> int:
+    env = _service_env(home, info, name)
+    pid = spawn([sys.executable, "-m", f"earmark_{name}"], home / "logs" / f"{name}.log", env)
+    info.services[name]["pid"] = pid
+    return pid
+
+
 def _start_services(
     home: Path,
     info: StackInfo,
-    extra_env: dict[str, str] | None,
     progress: Callable[[str], None],
     timeout_s: float,
 ) -> None:
-    logs = home / "logs"
-    ports = {name: free_port() for name in SERVICES}
     for name in SERVICES:
-        env = {
-            **os.environ,
-            "EARMARK_HOME": str(home),
-            "EARMARK_GRPC_HOST": "127.0.0.1",
-            "EARMARK_GRPC_PORT": str(ports[name]),
-            "EARMARK_NATS_URL": info.nats_url,
-            "EARMARK_DATABASE_URL": info.database_url,
-            "EARMARK_BLOB_URL": info.blob_url,
-            "EARMARK_FINGERPRINT_ADDR": f"127.0.0.1:{ports['fingerprint']}",
-            "PYTHONUNBUFFERED": "1",
-            **(extra_env or {}),
-        }
-        pid = spawn([sys.executable, "-m", f"earmark_{name}"], logs / f"{name}.log", env)
-        info.services[name] = {"addr": f"127.0.0.1:{ports[name]}", "pid": pid}
-        progress(f"started {name} (pid {pid}) on 127.0.0.1:{ports[name]}")
+        info.services[name] = {"addr": f"127.0.0.1:{free_port()}", "pid": 0}
+    for name in SERVICES:
+        pid = _spawn_service(home, info, name)
+        progress(f"started {name} (pid {pid}) on {info.addr(name)}")
     _write_info(home, info)
     try:
         for name in SERVICES:
             wait_serving(info.addr(name), timeout_s, name, int(info.services[name]["pid"]))
             progress(f"{name} is SERVING")
     except StackError as exc:
-        log_tail = ""
-        for name in SERVICES:
-            path = logs / f"{name}.log"
-            if path.exists():
-                log_tail += f"\n--- {name}.log ---\n" + path.read_text(errors="replace")[-1500:]
-        raise StackError(f"{exc}{log_tail}") from exc
+        raise StackError(f"{exc}{_log_tails(home)}") from exc
+
+
+def _log_tails(home: Path) -> str:
+    tails = ""
+    for name in SERVICES:
+        path = home / "logs" / f"{name}.log"
+        if path.exists():
+            tails += f"\n--- {name}.log ---\n" + path.read_text(errors="replace")[-1500:]
+    return tails
+
+
+def restart_service(home: Path, name: str, *, timeout_s: float = 60.0) -> StackInfo:
+    """Start `name` again on its old port (after a crash, or to roll it)."""
+    info = read_info(home)
+    if info is None:
+        raise StackError(f"no stack under {home}")
+    stop_pid(int(info.services[name]["pid"]))
+    pid = _spawn_service(home, info, name)
+    _write_info(home, info)
+    try:
+        wait_serving(info.addr(name), timeout_s, name, pid)
+    except StackError as exc:
+        raise StackError(f"{exc}{_log_tails(home)}") from exc
+    return info
+
+
+def restart_nats(home: Path) -> StackInfo:
+    """Stop nats-server and start it again on the same port and store."""
+    info = read_info(home)
+    if info is None:
+        raise StackError(f"no stack under {home}")
+    stop_pid(info.nats_pid)
+    port = int(info.nats_url.rsplit(":", 1)[1])
+    info.nats_pid = spawn(
+        [nats_server_binary(), "-c", str(home / "nats.conf")], home / "logs" / "nats.log"
+    )
+    wait_for_port(port, 20, "nats-server", info.nats_pid)
+    _write_info(home, info)
+    return info
+
+
+def restart_postgres(home: Path) -> None:
+    info = read_info(home)
+    if info is None:
+        raise StackError(f"no stack under {home}")
+    port = int(info.database_url.rsplit(":", 1)[1].split("/")[0])
+    stop_postgres(Path(info.pgdata))
+    start_postgres(Path(info.pgdata), port, home / "logs" / "postgres.log")
 
 
 def down(home: Path, progress: Callable[[str], None] = lambda _msg: None) -> bool:

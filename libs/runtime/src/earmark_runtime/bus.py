@@ -125,7 +125,7 @@ class Consumer(Generic[M]):
         on_give_up: GiveUp[M] | None = None,
         concurrency: int = 2,
         ack_wait_s: float = 60.0,
-        max_deliver: int = 5,
+        max_deliver: int = 20,
         fetch_timeout_s: float = 2.0,
     ) -> None:
         self._js = js

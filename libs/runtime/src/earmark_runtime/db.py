@@ -21,6 +21,9 @@ async def open_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> AsyncC
         max_size=max_size,
         open=False,
         configure=configure,
+        # A connection that died with a database restart is dropped here instead
+        # of failing the call that would have used it.
+        check=AsyncConnectionPool.check_connection,
         # Keep retrying in the background while PostgreSQL restarts.
         reconnect_timeout=3600,
         kwargs={"connect_timeout": 5},

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .telemetry import server_interceptor
+from .interceptors import ServerInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ async def run_server(
     probe_interval_s: float = 2.0,
 ) -> None:
     """Serve until SIGTERM/SIGINT; runs `background` tasks alongside."""
-    server = grpc.aio.server(interceptors=[server_interceptor()], options=grpc_options())
+    server = grpc.aio.server(interceptors=[ServerInterceptor()], options=grpc_options())
     register(server)
     names = list(full_service_names)
     health_servicer = health.aio.HealthServicer()

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 log = logging.getLogger(__name__)
 
@@ -72,77 +72,6 @@ def inject_headers(headers: dict[str, str] | None = None) -> dict[str, str]:
 
 def extract_context(headers: Mapping[str, str] | None) -> context.Context:
     return propagate.extract(dict(headers or {}))
-
-
-class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Opens a SERVER span per RPC, continuing the caller's trace from metadata."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        metadata = {
-            k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)
-        }
-        parent = extract_context(metadata)
-
-        def wrap_unary(fn: Callable[..., Any]) -> Callable[..., Any]:
-            async def run(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
-                with tracer().start_as_current_span(
-                    method, context=parent, kind=SpanKind.SERVER
-                ) as span:
-                    span.set_attribute("rpc.system", "grpc")
-                    try:
-                        return await fn(request, ctx)
-                    finally:
-                        code = ctx.code() if hasattr(ctx, "code") else None
-                        if code not in (None, grpc.StatusCode.OK):
-                            span.set_status(Status(StatusCode.ERROR, str(code)))
-
-            return run
-
-        def wrap_stream_response(fn: Callable[..., Any]) -> Callable[..., Any]:
-            async def run(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
-                with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER):
-                    async for item in fn(request, ctx):
-                        yield item
-
-            return run
-
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream_response(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream_response(handler.stream_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
-
-
-def server_interceptor() -> grpc.aio.ServerInterceptor:
-    return _ServerInterceptor()
 
 
 class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]

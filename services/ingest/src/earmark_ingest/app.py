@@ -88,14 +88,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             source_format=decoded.container,
             blob_key=f"sources/{sha}",
         )
-        try:
-            # Blob first: a row never points at a missing blob. Same bytes, same key.
-            await self._ctx.blob_store().put(new.blob_key, data)
-            submission = await self._subs.create(new)
-        except Exception as exc:
-            log.exception("storing upload %s failed", header.external_id)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not store the upload: {exc}")
-            raise AssertionError("unreachable") from exc
+        # Blob first: a row never points at a missing blob. Same bytes, same key. A
+        # failure here surfaces as UNAVAILABLE (see earmark_runtime.interceptors).
+        await self._ctx.blob_store().put(new.blob_key, data)
+        submission, created = await self._subs.create(new)
+        if not created:
+            return ingest_pb2.UploadResponse(submission=submission)
         try:
             await bus.publish(
                 self._ctx.js,

@@ -37,4 +37,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX submissions_external_id_idx ON submissions (external_id);
     CREATE INDEX submissions_sha_idx ON submissions (source_sha256);
     """,
+    # A client that retries an upload whose reply it lost gets the same submission
+    # back: one live submission per (external_id, content).
+    """
+    CREATE UNIQUE INDEX submissions_live_upload_idx ON submissions (external_id, source_sha256)
+        WHERE state <> 4;
+    """,
 )

@@ -108,7 +108,11 @@ class Submissions:
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 
-    async def create(self, new: NewSubmission) -> common_pb2.Submission:
+    async def create(self, new: NewSubmission) -> tuple[common_pb2.Submission, bool]:
+        """Insert, or return the live submission of the same file and external_id.
+
+        The flag says whether a new row was made.
+        """
         m = new.metadata
         async with self._pool.connection() as conn:
             cur = conn.cursor(row_factory=dict_row)
@@ -118,6 +122,7 @@ class Submissions:
                     title, artist, album, isrc, extra, duration_s, size_bytes, source_sha256,
                     source_format, blob_key)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (external_id, source_sha256) WHERE state <> 4 DO NOTHING
                 RETURNING {_COLUMNS}
                 """,  # noqa: S608 - SCHEMA and _COLUMNS are module constants
                 (
@@ -138,8 +143,17 @@ class Submissions:
                 ),
             )
             row = await cur.fetchone()
-        assert row is not None
-        return row_to_proto(row)
+            if row is not None:
+                return row_to_proto(row), True
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM {SCHEMA}.submissions "  # noqa: S608
+                "WHERE external_id = %s AND source_sha256 = %s AND state <> 4",
+                (new.external_id, new.source_sha256),
+            )
+            row = await cur.fetchone()
+        if row is None:  # rejected in between; the caller may simply retry
+            raise RuntimeError("conflicting submission vanished; retry the upload")
+        return row_to_proto(row), False
 
     async def mark_published(self, submission_id: str) -> None:
         async with self._pool.connection() as conn:
