@@ -113,10 +113,16 @@ def test_every_submission_ends_exactly_once_through_crashes(stack: StackInfo) ->
             "SELECT count(*), sum(landmark_count) FROM catalog.tracks"
         ).fetchone()  # type: ignore[misc]
         postings = conn.execute("SELECT count(*) FROM catalog.landmarks").fetchone()[0]  # type: ignore[index]
-        shas = {r[0] for r in conn.execute("SELECT source_sha256 FROM catalog.tracks")}
+        rows = conn.execute("SELECT source_sha256, track_id::text FROM catalog.tracks").fetchall()
+        shas = {r[0] for r in rows}
+        track_ids = {r[1] for r in rows}
     assert tracks == TRACKS
     assert postings == expected_postings, "landmark postings doubled or lost"
-    assert _blob_keys(info) == {f"sources/{sha}" for sha in shas}, "orphan or missing blobs"
+    keys = _blob_keys(info)
+    assert {k for k in keys if k.startswith("sources/")} == {f"sources/{sha}" for sha in shas}
+    rendition_owners = {k.split("/")[1] for k in keys if k.startswith("renditions/")}
+    assert rendition_owners <= track_ids, "renditions of tracks that are not in the catalog"
+    assert len(keys) == len(shas) + sum(k.startswith("renditions/") for k in keys)
     # During the faults identify either answered right or said UNAVAILABLE, never wrong.
     assert all(o in ("right", "no match yet", "UNAVAILABLE") for o in identify_outcomes), (
         identify_outcomes

@@ -148,7 +148,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                             "clip": clip,
                             "match": match.to_json() if match else None,
                             "latency_ms": round(result.latency_ms, 1),
-                        "server_ms": round(result.server_ms, 1),
+                            "server_ms": round(result.server_ms, 1),
                         }
                     )
                 )
@@ -224,7 +224,7 @@ def cmd_tracks(args: argparse.Namespace) -> int:
             print(json.dumps(t.__dict__))
     else:
         table(
-            ["track", "title", "artist", "duration_s", "landmarks", "external_id"],
+            ["track", "title", "artist", "duration_s", "landmarks", "renditions", "external_id"],
             [
                 (
                     t.track_id,
@@ -232,11 +232,33 @@ def cmd_tracks(args: argparse.Namespace) -> int:
                     t.artist,
                     f"{t.duration_s:.1f}",
                     t.landmark_count,
+                    ",".join(t.renditions) or "-",
                     t.external_id,
                 )
                 for t in tracks
             ],
         )
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    output = Path(args.output) if args.output else None
+    with Earmark() as em:
+        chunks = em.download(args.track_id, args.format)
+        first = next(chunks, None)  # errors (unknown track, rendition) surface before a file exists
+        if output is None:
+            output = Path(f"{args.track_id}.{args.format if args.format != 'source' else 'bin'}")
+        tmp = output.with_name(output.name + ".part")
+        size = 0
+        with open(tmp, "wb") as out:
+            for chunk in [first] if first is not None else []:
+                out.write(chunk)
+                size += len(chunk)
+            for chunk in chunks:
+                out.write(chunk)
+                size += len(chunk)
+        tmp.replace(output)
+    print(f"wrote {output} ({size} bytes)")
     return 0
 
 
@@ -285,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("tracks", cmd_tracks, "list catalog tracks")
     p.add_argument("--json", action="store_true")
+    p = add("download", cmd_download, "download a track's source or a rendition")
+    p.add_argument("track_id")
+    p.add_argument(
+        "--format", default="source", help="source, a format (mp3, m4a, opus) or a rendition name"
+    )
+    p.add_argument("-o", "--output", help="file to write (default TRACK.FORMAT)")
     p = add("delete", cmd_delete, "delete tracks from the catalog")
     p.add_argument("track_ids", nargs="+")
     return parser

@@ -141,6 +141,16 @@ class Earmark:
         )
         return [TimelineEntry.from_proto(e) for e in reply.entries]
 
+    def download(self, track_id: str, rendition: str = "source") -> Iterator[bytes]:
+        """The source file, or a rendition by name ("opus-96") or format ("opus"), in chunks."""
+        stream = self._ingest.Download(
+            ingest_pb2.DownloadRequest(track_id=track_id, rendition=rendition),
+            timeout=max(self._timeout, 600.0),
+        )
+        for part in stream:
+            if part.WhichOneof("part") == "chunk":
+                yield part.chunk
+
     def track(self, track_id: str) -> Track:
         reply = self._search.GetTrack(
             search_pb2.GetTrackRequest(track_id=track_id), timeout=self._timeout

@@ -12,8 +12,9 @@ STATE_NAMES = {
     common_pb2.SUBMISSION_STATE_FINGERPRINTED: "FINGERPRINTED",
     common_pb2.SUBMISSION_STATE_INDEXED: "INDEXED",
     common_pb2.SUBMISSION_STATE_REJECTED: "REJECTED",
+    common_pb2.SUBMISSION_STATE_DELETED: "DELETED",
 }
-FINAL_STATES = {"INDEXED", "REJECTED"}
+FINAL_STATES = {"INDEXED", "REJECTED", "DELETED"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Track:
     album: str
     duration_s: float
     landmark_count: int
+    renditions: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, t: common_pb2.Track) -> Track:
@@ -70,6 +72,7 @@ class Track:
             album=t.metadata.album,
             duration_s=t.duration_s,
             landmark_count=t.landmark_count,
+            renditions=tuple(r.name for r in t.renditions),
         )
 
 

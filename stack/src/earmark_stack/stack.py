@@ -31,7 +31,11 @@ from .processes import (
     wait_for_port,
 )
 
-SERVICES = ("fingerprint", "search", "ingest", "features")
+SERVICES = ("fingerprint", "search", "ingest", "features", "transcoder")
+# Python module each process runs.
+MODULES = {name: f"earmark_{name}" for name in SERVICES} | {
+    "transcoder": "earmark_ingest.transcoder"
+}
 INFO_FILE = "stack.json"
 
 __all__ = [
@@ -172,7 +176,7 @@ def _service_env(home: Path, info: StackInfo, name: str) -> dict[str, str]:
 
 def _spawn_service(home: Path, info: StackInfo, name: str) -> int:
     env = _service_env(home, info, name)
-    pid = spawn([sys.executable, "-m", f"earmark_{name}"], home / "logs" / f"{name}.log", env)
+    pid = spawn([sys.executable, "-m", MODULES[name]], home / "logs" / f"{name}.log", env)
     info.services[name]["pid"] = pid
     return pid
 

@@ -48,6 +48,7 @@ FINGERPRINT_EXTRACTED = "earmark.fingerprint.extracted"
 TRACK_INDEXED = "earmark.track.indexed"
 TRACK_DELETED = "earmark.track.deleted"
 FEATURES_COMPUTED = "earmark.features.computed"
+RENDITIONS_READY = "earmark.renditions.ready"
 DEADLETTER_PREFIX = "earmark.deadletter."
 
 M = TypeVar("M", bound=Message)

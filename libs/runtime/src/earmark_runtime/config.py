@@ -27,7 +27,7 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc("EARMARK_HOME", "~/.earmark", "State of the embedded stack: data, logs, ports."),
     SettingDoc("EARMARK_GRPC_HOST", "0.0.0.0", "Address the service's gRPC server binds."),  # noqa: S104
     SettingDoc(
-        "EARMARK_GRPC_PORT", "per service: 50051-50054", "Port of the service's gRPC server."
+        "EARMARK_GRPC_PORT", "per service: 50051-50055", "Port of the service's gRPC server."
     ),
     SettingDoc("EARMARK_NATS_URL", "nats://127.0.0.1:4222", "NATS server with JetStream."),
     SettingDoc(
@@ -49,6 +49,11 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
         "EARMARK_DUPLICATES",
         "reject",
         "A submission that is the same recording as a catalog track: reject, replace or allow.",
+    ),
+    SettingDoc(
+        "EARMARK_RENDITIONS",
+        "mp3-320:mp3:320,mp3-128:mp3:128,aac-256:m4a:256,opus-96:opus:96",
+        "Delivery copies made of every indexed track: name:format:kbps, comma-separated.",
     ),
     SettingDoc("EARMARK_WORKERS", "2", "Messages a consumer works on at once."),
     SettingDoc(
@@ -115,6 +120,7 @@ class Settings:
     workers: int
     stream_replicas: int
     duplicates: str
+    renditions: str
     ffmpeg: str
     log_level: str
     log_format: str
@@ -131,6 +137,7 @@ DEFAULT_PORTS: Final[dict[str, int]] = {
     "fingerprint": 50052,
     "search": 50053,
     "features": 50054,
+    "transcoder": 50055,
 }
 
 
@@ -166,6 +173,9 @@ def load_settings(service: str) -> Settings:
         workers=_env_int("EARMARK_WORKERS", 2, minimum=1),
         stream_replicas=_env_int("EARMARK_STREAM_REPLICAS", 1, minimum=1),
         duplicates=duplicates,
+        renditions=_env(
+            "EARMARK_RENDITIONS", "mp3-320:mp3:320,mp3-128:mp3:128,aac-256:m4a:256,opus-96:opus:96"
+        ),
         ffmpeg=_env("EARMARK_FFMPEG", ""),
         log_level=_env("EARMARK_LOG_LEVEL", "INFO").upper(),
         log_format=log_format,

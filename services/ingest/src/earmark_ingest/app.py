@@ -14,10 +14,12 @@ import grpc
 from earmark.v1 import common_pb2, events_pb2, ingest_pb2, ingest_pb2_grpc
 from earmark_runtime import bus
 from earmark_runtime.audio import AudioDecodeError, decode_audio
+from earmark_runtime.blobs import BlobNotFoundError
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
 from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
 
+from .renditions import find_spec, parse_specs
 from .schema import MIGRATIONS, SCHEMA
 from .submissions import FINGERPRINTED, INDEXED, NewSubmission, Submissions
 from .validation import Refusal, check_audio
@@ -28,6 +30,7 @@ SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 VALIDATION_RATE_HZ = 8000
 OUTBOX_GRACE_S = 5.0
 MAX_BATCH_IDS = 1000
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
@@ -40,6 +43,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, ctx: ServiceContext, submissions: Submissions) -> None:
         self._ctx = ctx
         self._subs = submissions
+        self._specs = parse_specs(ctx.settings.renditions)
 
     async def Upload(
         self,
@@ -136,6 +140,45 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
         return ingest_pb2.BatchGetSubmissionsResponse(submissions=await self._subs.get_many(ids))
 
+    async def Download(
+        self, request: ingest_pb2.DownloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.DownloadResponse]:
+        if not _is_uuid(request.track_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID"
+            )
+        found = await self._subs.get_many([request.track_id])
+        if not found or found[0].state != INDEXED:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
+        wanted = request.rendition or "source"
+        if wanted == "source":
+            key = await self._subs.blob_key_of(request.track_id)
+            info = ingest_pb2.DownloadInfo(
+                name="source", format=found[0].filename.rpartition(".")[2]
+            )
+        else:
+            spec = find_spec(self._specs, wanted)
+            if spec is None:
+                names = ", ".join(["source", *(s.name for s in self._specs)])
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"no rendition {wanted!r}; have {names}"
+                )
+            assert spec is not None
+            key = spec.blob_key(request.track_id)
+            info = ingest_pb2.DownloadInfo(name=spec.name, format=spec.format)
+        try:
+            data = await self._ctx.blob_store().get(key)
+        except BlobNotFoundError:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"{wanted} of track {request.track_id} is not ready yet; retry shortly",
+            )
+            return
+        info.size_bytes = len(data)
+        yield ingest_pb2.DownloadResponse(info=info)
+        for start in range(0, len(data), DOWNLOAD_CHUNK_BYTES):
+            yield ingest_pb2.DownloadResponse(chunk=data[start : start + DOWNLOAD_CHUNK_BYTES])
+
 
 def _is_uuid(value: str) -> bool:
     try:
@@ -166,6 +209,17 @@ class StatusTracker:
         # A rejected submission keeps nothing, unless another live submission shares the bytes.
         if blob_key and not await self._subs.blob_still_needed(blob_key, event.submission_id):
             await self._ctx.blob_store().delete(blob_key)
+
+    async def on_deleted(self, event: events_pb2.TrackDeleted, _d: bus.Delivery) -> None:
+        """A deleted track keeps no blobs: renditions, and the source unless shared."""
+        store = self._ctx.blob_store()
+        for key in await store.keys():
+            if key.startswith(f"renditions/{event.track_id}/"):
+                await store.delete(key)
+        blob_key = await self._subs.blob_key_of(event.track_id)
+        await self._subs.mark_deleted(event.track_id)
+        if blob_key and not await self._subs.blob_still_needed(blob_key, event.track_id):
+            await store.delete(blob_key)
 
     async def republish_outbox(self) -> None:
         while True:
@@ -211,6 +265,13 @@ async def run() -> None:
             message_type=events_pb2.SubmissionRejected,
             handler=tracker.on_rejected,
             concurrency=concurrency,
+        ),
+        bus.Consumer(
+            ctx.js,
+            role="ingest",
+            subject=bus.TRACK_DELETED,
+            message_type=events_pb2.TrackDeleted,
+            handler=tracker.on_deleted,
         ),
     ]
     servicer = IngestServicer(ctx, submissions)

@@ -43,4 +43,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX submissions_live_upload_idx ON submissions (external_id, source_sha256)
         WHERE state <> 4;
     """,
+    # DELETED (5) submissions are no longer live either: the file may come again.
+    """
+    DROP INDEX submissions_live_upload_idx;
+    CREATE UNIQUE INDEX submissions_live_upload_idx ON submissions (external_id, source_sha256)
+        WHERE state NOT IN (4, 5);
+    """,
 )

@@ -17,6 +17,7 @@ RECEIVED = common_pb2.SUBMISSION_STATE_RECEIVED
 FINGERPRINTED = common_pb2.SUBMISSION_STATE_FINGERPRINTED
 INDEXED = common_pb2.SUBMISSION_STATE_INDEXED
 REJECTED = common_pb2.SUBMISSION_STATE_REJECTED
+DELETED = common_pb2.SUBMISSION_STATE_DELETED
 
 _COLUMNS = (
     "submission_id::text AS submission_id, external_id, filename, state, rejection_code, "
@@ -122,7 +123,7 @@ class Submissions:
                     title, artist, album, isrc, extra, duration_s, size_bytes, source_sha256,
                     source_format, blob_key)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (external_id, source_sha256) WHERE state <> 4 DO NOTHING
+                ON CONFLICT (external_id, source_sha256) WHERE state NOT IN (4, 5) DO NOTHING
                 RETURNING {_COLUMNS}
                 """,  # noqa: S608 - SCHEMA and _COLUMNS are module constants
                 (
@@ -147,7 +148,7 @@ class Submissions:
                 return row_to_proto(row), True
             await cur.execute(
                 f"SELECT {_COLUMNS} FROM {SCHEMA}.submissions "  # noqa: S608
-                "WHERE external_id = %s AND source_sha256 = %s AND state <> 4",
+                "WHERE external_id = %s AND source_sha256 = %s AND state NOT IN (4, 5)",
                 (new.external_id, new.source_sha256),
             )
             row = await cur.fetchone()
@@ -190,27 +191,36 @@ class Submissions:
         return [by_id[i] for i in ids if i in by_id]
 
     async def advance(self, submission_id: str, state: int, track_id: str = "") -> bool:
-        """Move forward only: a late FINGERPRINTED never undoes INDEXED or REJECTED."""
+        """Move forward only: a late FINGERPRINTED never undoes INDEXED, REJECTED or DELETED."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 f"""
                 UPDATE {SCHEMA}.submissions
                 SET state = %s, updated_at = now(),
                     track_id = coalesce(nullif(%s, '')::uuid, track_id)
-                WHERE submission_id = %s AND state < %s AND state <> %s
+                WHERE submission_id = %s AND state < %s
                 """,  # noqa: S608
-                (state, track_id, submission_id, state, REJECTED),
+                (state, track_id, submission_id, state),
             )
             return cur.rowcount > 0
 
+    async def mark_deleted(self, submission_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                f"UPDATE {SCHEMA}.submissions SET state = %s, updated_at = now() "  # noqa: S608
+                "WHERE submission_id = %s",
+                (DELETED, submission_id),
+            )
+
     async def reject(self, submission_id: str, rejection: common_pb2.Rejection) -> bool:
+        """Mark REJECTED (final); never undoes INDEXED or DELETED."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 f"""
                 UPDATE {SCHEMA}.submissions
                 SET state = %s, rejection_code = %s, rejection_message = %s, duplicate_of = %s,
                     updated_at = now()
-                WHERE submission_id = %s AND state <> %s
+                WHERE submission_id = %s AND state IN (%s, %s)
                 """,  # noqa: S608
                 (
                     REJECTED,
@@ -218,7 +228,8 @@ class Submissions:
                     rejection.message,
                     rejection.duplicate_of_track_id,
                     submission_id,
-                    REJECTED,
+                    RECEIVED,
+                    FINGERPRINTED,
                 ),
             )
             return cur.rowcount > 0
@@ -227,8 +238,8 @@ class Submissions:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT 1 FROM {SCHEMA}.submissions WHERE blob_key = %s "  # noqa: S608
-                "AND submission_id <> %s AND state <> %s LIMIT 1",
-                (blob_key, except_id, REJECTED),
+                "AND submission_id <> %s AND state NOT IN (%s, %s) LIMIT 1",
+                (blob_key, except_id, REJECTED, DELETED),
             )
             return await cur.fetchone() is not None
 

@@ -205,6 +205,7 @@ class Indexer:
             submission_id=event.submission.submission_id,
             track_id=event.submission.submission_id,
             landmark_count=len(event.landmarks.hashes) // 4,
+            blob_key=event.submission.blob_key,
         )
         await bus.publish(
             self._ctx.js, bus.TRACK_INDEXED, indexed, f"indexed:{event.submission.submission_id}"
@@ -247,6 +248,10 @@ class Indexer:
             f"rejected:{event.submission.submission_id}",
         )
 
+    async def on_renditions(self, event: events_pb2.RenditionsReady, _d: bus.Delivery) -> None:
+        if not await self._catalog.record_renditions(event):
+            log.info("renditions for deleted track %s ignored", event.track_id)
+
     async def give_up(self, event: events_pb2.FingerprintExtracted, error: str) -> None:
         await bus.publish_rejection(
             self._ctx.js,
@@ -274,6 +279,15 @@ async def run() -> None:
             handler=indexer.handle,
             on_give_up=indexer.give_up,
             concurrency=ctx.settings.workers,
+        )
+    )
+    ctx.consumers.append(
+        bus.Consumer(
+            ctx.js,
+            role="search",
+            subject=bus.RENDITIONS_READY,
+            message_type=events_pb2.RenditionsReady,
+            handler=indexer.on_renditions,
         )
     )
     servicer = SearchServicer(ctx, catalog, fingerprinter)

@@ -77,6 +77,7 @@ class TrackRow:
     source_format: str
     landmark_count: int
     indexed_at_epoch: float
+    renditions: list[dict[str, Any]]
 
     def to_proto(self) -> common_pb2.Track:
         track = common_pb2.Track(
@@ -93,15 +94,21 @@ class TrackRow:
             source_sha256=self.source_sha256,
             source_format=self.source_format,
             landmark_count=self.landmark_count,
+            renditions=[common_pb2.Rendition(**r) for r in self.renditions],
         )
         track.indexed_at.FromNanoseconds(int(self.indexed_at_epoch * 1e9))
         return track
 
 
+# Selected from catalog.tracks (schema.SCHEMA), with the track's renditions as JSON.
 _TRACK_COLUMNS = (
     "track_key, track_id::text AS track_id, external_id, title, artist, album, isrc, extra, "
     "duration_s, source_sha256, source_format, landmark_count, "
-    "extract(epoch FROM indexed_at)::float8 AS indexed_at_epoch"
+    "extract(epoch FROM indexed_at)::float8 AS indexed_at_epoch, "
+    "(SELECT coalesce(jsonb_agg(jsonb_build_object('name', r.name, 'format', r.format, "
+    "'bitrate_kbps', r.bitrate_kbps, 'size_bytes', r.size_bytes, 'duration_s', r.duration_s) "
+    "ORDER BY r.name), '[]') FROM catalog.renditions r WHERE r.track_key = tracks.track_key) "
+    "AS renditions"
 )
 
 
@@ -109,7 +116,10 @@ def _row_to_track(row: dict[str, Any]) -> TrackRow:
     extra = row["extra"]
     if isinstance(extra, str):
         extra = json.loads(extra)
-    return TrackRow(**{**row, "extra": dict(extra or {})})
+    renditions = row["renditions"]
+    if isinstance(renditions, str):
+        renditions = json.loads(renditions)
+    return TrackRow(**{**row, "extra": dict(extra or {}), "renditions": list(renditions or [])})
 
 
 class Catalog:
@@ -260,6 +270,28 @@ class Catalog:
             total_cur = await conn.execute(f"SELECT count(*) FROM {SCHEMA}.tracks")  # noqa: S608
             total_row = await total_cur.fetchone()
         return [_row_to_track(r) for r in rows], int(total_row[0]) if total_row else 0
+
+    async def record_renditions(self, event: events_pb2.RenditionsReady) -> bool:
+        """Replace the track's rendition list; False if the track is gone."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"SELECT track_key FROM {SCHEMA}.tracks WHERE track_id = %s FOR UPDATE",  # noqa: S608
+                (event.track_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            await conn.execute(f"DELETE FROM {SCHEMA}.renditions WHERE track_key = %s", (row[0],))  # noqa: S608
+            async with conn.cursor() as cur2:
+                await cur2.executemany(
+                    f"INSERT INTO {SCHEMA}.renditions (track_key, name, format, bitrate_kbps, "  # noqa: S608
+                    "size_bytes, duration_s) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [
+                        (row[0], r.name, r.format, r.bitrate_kbps, r.size_bytes, r.duration_s)
+                        for r in event.renditions
+                    ],
+                )
+        return True
 
     async def delete_track(self, track_id: str) -> bool:
         async with self._pool.connection() as conn, conn.transaction():

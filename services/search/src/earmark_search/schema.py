@@ -46,4 +46,15 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITH (fillfactor = 100, autovacuum_vacuum_insert_scale_factor = 0.5);
     CREATE INDEX landmarks_hash_idx ON landmarks (hash) WITH (fillfactor = 95);
     """,
+    """
+    CREATE TABLE renditions (
+        track_key    integer NOT NULL REFERENCES tracks (track_key) ON DELETE CASCADE,
+        name         text NOT NULL,
+        format       text NOT NULL,
+        bitrate_kbps integer NOT NULL,
+        size_bytes   bigint NOT NULL,
+        duration_s   double precision NOT NULL,
+        PRIMARY KEY (track_key, name)
+    );
+    """,
 )
