@@ -49,7 +49,13 @@ def wav_bytes(samples: np.ndarray, sample_rate: int = 22050) -> bytes:
     return buf.getvalue()
 
 
-def encode(samples: np.ndarray, fmt: str, sample_rate: int = 22050, bitrate: str = "128k") -> bytes:
+def encode(
+    samples: np.ndarray,
+    fmt: str,
+    sample_rate: int = 22050,
+    bitrate: str = "128k",
+    metadata: dict[str, str] | None = None,
+) -> bytes:
     """Encode with the ffmpeg binary from imageio-ffmpeg (mp3, ogg, flac ...)."""
     import imageio_ffmpeg
 
@@ -70,6 +76,7 @@ def encode(samples: np.ndarray, fmt: str, sample_rate: int = 22050, bitrate: str
             "-c:a",
             codec,
             *rate,
+            *[arg for k, v in (metadata or {}).items() for arg in ("-metadata", f"{k}={v}")],
             "-f",
             muxer,
             "pipe:1",

@@ -29,6 +29,7 @@ from earmark import Earmark  # noqa: E402
 from earmark._table import Progress, table  # noqa: E402
 from earmark.cli import AUDIO_SUFFIXES  # noqa: E402
 from earmark.discovery import earmark_home  # noqa: E402
+from earmark_ingest.tags import read_tags  # noqa: E402
 from earmark_stack import up  # noqa: E402
 
 SR = 22050
@@ -43,7 +44,12 @@ def make_catalog(folder: Path, count: int) -> list[Path]:
         path = folder / f"demo-song-{seed:02d}.{fmt}"
         if not path.exists():
             audio = song(seed, seconds=45)
-            data = wav_bytes(audio) if fmt == "wav" else encode(audio, fmt, bitrate="96k")
+            tags = {"title": f"Demo song {seed:02d}", "artist": "Earmark synth"}
+            data = (
+                wav_bytes(audio)
+                if fmt == "wav"
+                else encode(audio, fmt, bitrate="96k", metadata=tags)
+            )
             path.write_bytes(data)
         paths.append(path)
     return paths
@@ -61,6 +67,18 @@ def distinct_audio_files(folder: Path) -> list[Path]:
             seen.add(digest)
             files.append(path)
     return files
+
+
+def fallback_tags(path: Path) -> dict[str, str]:
+    """Title and artist for files that carry none (Earmark requires both by default):
+    the file name and the folder, as a catalogue sheet would give them."""
+    tags = read_tags(path.read_bytes())
+    out = {}
+    if not tags.title:
+        out["title"] = path.stem
+    if not tags.artist:
+        out["artist"] = path.parent.name
+    return out
 
 
 def degrade_clip(audio: np.ndarray, condition: str, rng: np.random.Generator) -> np.ndarray:
@@ -108,7 +126,10 @@ def main() -> int:
             subs = []
             refused: list[str] = []
             with ThreadPoolExecutor(max_workers=4) as pool:
-                futures = {pool.submit(em.upload, p, external_id=str(p)): p for p in todo}
+                futures = {
+                    pool.submit(em.upload, p, external_id=str(p), metadata=fallback_tags(p)): p
+                    for p in todo
+                }
                 for n, future in enumerate(as_completed(futures), start=1):
                     try:
                         subs.append(future.result())

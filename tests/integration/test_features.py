@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Iterator
 
@@ -11,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.synthetic import wav_bytes
-from earmark import Earmark
+from earmark import Earmark, features_cli
 from earmark.features import FeaturesClient
 from earmark_features import testsignals
 from earmark_stack import StackInfo
@@ -167,3 +169,30 @@ def test_deleted_track_leaves_the_similarity_index(
     with pytest.raises(grpc.RpcError) as err:
         fc.get(final.track_id)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_cli_prints_descriptors_and_similar_table(
+    stack: StackInfo,
+    described: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EARMARK_FEATURES_ADDR", stack.addr("features"))
+    parser = argparse.ArgumentParser(prog="earmark")
+    features_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+
+    args = parser.parse_args(["features", described["chords-Am"]])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "A minor" in out and "krumhansl" in out and "LUFS" in out
+
+    args = parser.parse_args(["similar", described["loop-96"], "-k", "3"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "why (closest features)" in lines[0]
+    assert len(lines) == 2 + 3
+
+    args = parser.parse_args(["similar", described["loop-96"], "-k", "2", "--json"])
+    assert args.func(args) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and {"track_id", "score", "reasons"} <= set(rows[0])

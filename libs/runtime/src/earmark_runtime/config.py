@@ -46,6 +46,21 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc("EARMARK_MIN_DURATION_S", "3", "Shortest accepted track, seconds."),
     SettingDoc("EARMARK_MAX_CLIP_S", "60", "Longest clip identify takes, seconds."),
     SettingDoc(
+        "EARMARK_REQUIRED_TAGS",
+        "title,artist",
+        "Tags an upload must carry (in the file or the request), comma-separated; empty for none.",
+    ),
+    SettingDoc(
+        "EARMARK_MUSIC_CHECK",
+        "on",
+        "on: refuse noise, tones, sweeps, clicks and speech-only uploads as NOT_MUSIC; off.",
+    ),
+    SettingDoc(
+        "EARMARK_MAX_CLIPPING",
+        "0.2",
+        "Largest share of samples at full scale before an upload is refused as CLIPPED.",
+    ),
+    SettingDoc(
         "EARMARK_DUPLICATES",
         "reject",
         "A submission that is the same recording as a catalog track: reject, replace or allow.",
@@ -121,6 +136,9 @@ class Settings:
     stream_replicas: int
     duplicates: str
     renditions: str
+    required_tags: tuple[str, ...]
+    music_check: bool
+    max_clipping: float
     ffmpeg: str
     log_level: str
     log_format: str
@@ -149,6 +167,15 @@ def load_settings(service: str) -> Settings:
     exporter = _env("EARMARK_OTEL_EXPORTER", "none")
     if exporter not in ("none", "console", "otlp", "memory"):
         raise ConfigError(f"EARMARK_OTEL_EXPORTER must be none, console or otlp, got {exporter!r}")
+    music_check = _env("EARMARK_MUSIC_CHECK", "on")
+    if music_check not in ("on", "off"):
+        raise ConfigError(f"EARMARK_MUSIC_CHECK must be on or off, got {music_check!r}")
+    required_raw = os.environ.get("EARMARK_REQUIRED_TAGS")
+    required_tags = tuple(
+        t.strip()
+        for t in ("title,artist" if required_raw is None else required_raw).split(",")
+        if t.strip()
+    )
     duplicates = _env("EARMARK_DUPLICATES", "reject")
     if duplicates not in ("reject", "replace", "allow"):
         raise ConfigError(
@@ -173,6 +200,9 @@ def load_settings(service: str) -> Settings:
         workers=_env_int("EARMARK_WORKERS", 2, minimum=1),
         stream_replicas=_env_int("EARMARK_STREAM_REPLICAS", 1, minimum=1),
         duplicates=duplicates,
+        required_tags=required_tags,
+        music_check=music_check == "on",
+        max_clipping=_env_float("EARMARK_MAX_CLIPPING", 0.2),
         renditions=_env(
             "EARMARK_RENDITIONS", "mp3-320:mp3:320,mp3-128:mp3:128,aac-256:m4a:256,opus-96:opus:96"
         ),

@@ -22,7 +22,8 @@ from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chun
 from .renditions import find_spec, parse_specs
 from .schema import MIGRATIONS, SCHEMA
 from .submissions import FINGERPRINTED, INDEXED, NewSubmission, Submissions
-from .validation import Refusal, check_audio
+from .tags import merge, read_tags
+from .validation import Refusal, check_audio, check_content, check_tags
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
@@ -75,9 +76,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         except AudioDecodeError as exc:
             await _refuse(context, Refusal(common_pb2.REJECTION_CODE_NOT_AUDIO, str(exc)))
             raise AssertionError("unreachable") from exc
+        tags = merge(read_tags(data), header.metadata)
         refusal = check_audio(
             decoded, min_duration_s=settings.min_duration_s, max_duration_s=settings.max_duration_s
-        )
+        ) or check_tags(tags, settings.required_tags)
+        if refusal is None:
+            refusal = await asyncio.to_thread(
+                check_content,
+                decoded,
+                max_clipping=settings.max_clipping,
+                music_check=settings.music_check,
+            )
         if refusal is not None:
             await _refuse(context, refusal)
         sha = hashlib.sha256(data).hexdigest()
@@ -85,7 +94,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             submission_id=str(uuid.uuid4()),
             external_id=header.external_id,
             filename=header.filename,
-            metadata=header.metadata,
+            metadata=common_pb2.TrackMetadata(
+                title=tags.title,
+                artist=tags.artist,
+                album=tags.album,
+                isrc=tags.isrc,
+                extra=tags.extra,
+            ),
             duration_s=decoded.duration_s,
             size_bytes=len(data),
             source_sha256=sha,

@@ -9,6 +9,9 @@ import numpy as np
 from earmark.v1 import common_pb2
 from earmark_runtime.audio import DecodedAudio
 
+from .music_check import classify, clipping_ratio
+from .tags import TrackTags, missing_fields
+
 # Below this RMS level (-60 dBFS) a file holds nothing worth fingerprinting.
 SILENCE_RMS = 10 ** (-60 / 20)
 
@@ -41,4 +44,29 @@ def check_audio(
     if rms < SILENCE_RMS:
         level = 20 * np.log10(max(rms, 1e-12))
         return Refusal(common_pb2.REJECTION_CODE_SILENT, f"audio is silent (RMS {level:.0f} dBFS)")
+    return None
+
+
+def check_content(audio: DecodedAudio, *, max_clipping: float, music_check: bool) -> Refusal | None:
+    """Clipping and the music-versus-mock classifier (music_check.py)."""
+    ratio = clipping_ratio(audio.samples)
+    if ratio > max_clipping:
+        return Refusal(
+            common_pb2.REJECTION_CODE_CLIPPED,
+            f"{ratio:.0%} of the samples are at full scale (limit {max_clipping:.0%})",
+        )
+    if music_check:
+        verdict = classify(audio.samples, audio.sample_rate_hz)
+        if not verdict.is_music:
+            return Refusal(common_pb2.REJECTION_CODE_NOT_MUSIC, verdict.reason)
+    return None
+
+
+def check_tags(metadata: TrackTags, required: tuple[str, ...]) -> Refusal | None:
+    missing = missing_fields(metadata, required)
+    if missing:
+        return Refusal(
+            common_pb2.REJECTION_CODE_MISSING_METADATA,
+            f"missing required tags: {', '.join(missing)} (set them in the file or the request)",
+        )
     return None
