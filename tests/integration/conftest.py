@@ -15,7 +15,12 @@ MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+def ingest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ingest-root")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, ingest_root: Path) -> Iterator[StackInfo]:
     home: Path = tmp_path_factory.mktemp("earmark-home")
     info = up(
         home,
@@ -24,6 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
             # Most tests upload generated, untagged audio; test_submission_checks.py
             # runs its own stack with the default tag rule.
             "EARMARK_REQUIRED_TAGS": "",
+            "EARMARK_INGEST_ROOT": str(ingest_root),
             "EARMARK_LOG_LEVEL": "INFO",
         },
     )

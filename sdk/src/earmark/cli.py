@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import grpc
 
 from ._table import Progress, table
+from .bulk import ingest_files
 from .client import Earmark
 from .discovery import earmark_home
 from .results import Submission
@@ -96,35 +96,39 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if not files:
         print("earmark: no audio files found", file=sys.stderr)
         return 1
-    submitted: list[Submission] = []
-    failures: list[tuple[str, str]] = []
-    progress = Progress(len(files), "upload")
-    with Earmark() as em, ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(em.upload, f, external_id=str(f)): f for f in files}
-        for done, future in enumerate(as_completed(futures), start=1):
-            try:
-                submitted.append(future.result())
-            except grpc.RpcError as exc:
-                failures.append((str(futures[future]), f"{exc.code().name}: {exc.details()}"))
-            progress.update(done, f"{len(failures)} refused" if failures else "")
-        final = submitted
-        if args.wait and submitted:
-            waiting = Progress(len(submitted), "index ")
-            final = em.wait(
-                [s.submission_id for s in submitted],
-                timeout_s=args.timeout,
-                on_progress=lambda subs: waiting.update(sum(s.final for s in subs)),
-            )
+    bars: dict[str, Progress] = {}
+
+    def progress(stage: str, done: int, total: int, note: str) -> None:
+        bar = bars.setdefault(stage, Progress(total, f"{stage:6s}"))
+        bar.update(done, note)
+
+    with Earmark() as em:
+        outcome = ingest_files(
+            em, files, jobs=args.jobs, wait=args.wait, timeout_s=args.timeout, progress=progress
+        )
     if args.json:
-        for s in final:
-            print(json.dumps(s.__dict__))
-        for path, error in failures:
-            print(json.dumps({"external_id": path, "state": "REFUSED", "error": error}))
-    else:
-        table(["submission", "state", "track", "reason", "external_id"], _submission_rows(final))
-        for path, error in failures:
-            print(f"refused {path}: {error}", file=sys.stderr)
-    return 1 if failures else 0
+        for sub in outcome.final:
+            print(json.dumps(sub.__dict__))
+        for path, code, message in outcome.refused:
+            print(json.dumps({"external_id": str(path), "state": "REFUSED", "code": code,
+                              "error": message}))  # fmt: skip
+        for path, sub in outcome.skipped:
+            print(json.dumps({"external_id": str(path), "state": "SKIPPED",
+                              "existing_submission": sub.submission_id}))  # fmt: skip
+        return 1 if outcome.refused else 0
+    problems = [s for s in outcome.final if s.state == "REJECTED"]
+    if len(files) <= 50:
+        table(
+            ["submission", "state", "track", "reason", "external_id"],
+            _submission_rows(outcome.final),
+        )
+    elif problems:
+        table(["submission", "state", "track", "reason", "external_id"], _submission_rows(problems))
+    for path, code, message in outcome.refused:
+        print(f"refused {path}: {code}: {message}", file=sys.stderr)
+    print()
+    table(["outcome", "files"], outcome.summary())
+    return 1 if outcome.refused else 0
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
@@ -203,6 +207,15 @@ def _clock(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        with Earmark() as em:
+            for sub in em.watch(args.ids[0]):
+                stages = ", ".join(stage for stage, _at in sub.stages)
+                reason = (
+                    f" {sub.rejection_code}: {sub.rejection_message}" if sub.rejection_code else ""
+                )
+                print(f"{sub.submission_id} {sub.state}{reason} [{stages}]", flush=True)
+        return 0
     with Earmark() as em:
         subs = em.submissions(args.ids)
     if args.json:
@@ -304,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per timeline entry")
     p = add("status", cmd_status, "show submissions")
     p.add_argument("ids", nargs="+")
+    p.add_argument("--watch", action="store_true", help="follow the first id through every stage")
     p.add_argument("--json", action="store_true")
     p = add("tracks", cmd_tracks, "list catalog tracks")
     p.add_argument("--json", action="store_true")
@@ -339,3 +353,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 130
     sys.stdout.flush()
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -100,6 +100,22 @@ class Earmark:
             out += [Submission.from_proto(s) for s in reply.submissions]
         return out
 
+    def lookup(self, source_sha256: Sequence[str]) -> list[Submission]:
+        """Live submissions of files with these SHA-256 digests (at most 1000)."""
+        reply = self._ingest.LookupSubmissions(
+            ingest_pb2.LookupSubmissionsRequest(source_sha256=list(source_sha256)),
+            timeout=self._timeout,
+        )
+        return [Submission.from_proto(s) for s in reply.submissions]
+
+    def watch(self, submission_id: str, *, timeout_s: float = 3600.0) -> Iterator[Submission]:
+        """The submission now and at every change, until every stage has run."""
+        stream = self._ingest.WatchSubmission(
+            ingest_pb2.WatchSubmissionRequest(submission_id=submission_id), timeout=timeout_s
+        )
+        for reply in stream:
+            yield Submission.from_proto(reply.submission)
+
     def wait(
         self,
         submission_ids: Sequence[str],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -21,7 +22,7 @@ def cmd_features(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(MessageToDict(f, preserving_proto_field_name=True)))
             else:
-                table(["descriptor", "value"], feature_rows(f))
+                table(["descriptor", "value"], feature_rows(f), out=sys.stdout)
     return 0
 
 
@@ -44,6 +45,7 @@ def _print_similar(hits: list[SimilarTrack], as_json: bool) -> None:
             )
             for n, h in enumerate(hits, start=1)
         ],
+        out=sys.stdout,
     )
 
 

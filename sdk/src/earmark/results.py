@@ -27,6 +27,8 @@ class Submission:
     rejection_message: str
     duration_s: float
     duplicate_of: str = ""  # for DUPLICATE rejections: the catalog track it repeats
+    source_sha256: str = ""
+    stages: tuple[tuple[str, float], ...] = ()  # (stage, unix time) in order
 
     @property
     def final(self) -> bool:
@@ -48,6 +50,8 @@ class Submission:
             rejection_message=sub.rejection.message if rejected else "",
             duration_s=sub.duration_s,
             duplicate_of=sub.rejection.duplicate_of_track_id if rejected else "",
+            source_sha256=sub.source_sha256,
+            stages=tuple((st.stage, st.at.ToNanoseconds() / 1e9) for st in sub.stages),
         )
 
 

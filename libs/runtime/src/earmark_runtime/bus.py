@@ -49,6 +49,7 @@ TRACK_INDEXED = "earmark.track.indexed"
 TRACK_DELETED = "earmark.track.deleted"
 FEATURES_COMPUTED = "earmark.features.computed"
 RENDITIONS_READY = "earmark.renditions.ready"
+INGEST_REQUESTED = "earmark.ingest.requested"
 DEADLETTER_PREFIX = "earmark.deadletter."
 
 M = TypeVar("M", bound=Message)

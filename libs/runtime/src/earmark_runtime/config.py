@@ -46,6 +46,11 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc("EARMARK_MIN_DURATION_S", "3", "Shortest accepted track, seconds."),
     SettingDoc("EARMARK_MAX_CLIP_S", "60", "Longest clip identify takes, seconds."),
     SettingDoc(
+        "EARMARK_INGEST_ROOT",
+        "(empty: off)",
+        "Folder ingest reads files from for earmark.ingest.requested events; empty turns it off.",
+    ),
+    SettingDoc(
         "EARMARK_REQUIRED_TAGS",
         "title,artist",
         "Tags an upload must carry (in the file or the request), comma-separated; empty for none.",
@@ -137,6 +142,7 @@ class Settings:
     duplicates: str
     renditions: str
     required_tags: tuple[str, ...]
+    ingest_root: str
     music_check: bool
     max_clipping: float
     ffmpeg: str
@@ -201,6 +207,7 @@ def load_settings(service: str) -> Settings:
         stream_replicas=_env_int("EARMARK_STREAM_REPLICAS", 1, minimum=1),
         duplicates=duplicates,
         required_tags=required_tags,
+        ingest_root=_env("EARMARK_INGEST_ROOT", ""),
         music_check=music_check == "on",
         max_clipping=_env_float("EARMARK_MAX_CLIPPING", 0.2),
         renditions=_env(

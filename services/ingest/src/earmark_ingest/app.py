@@ -4,34 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
 from earmark.v1 import common_pb2, events_pb2, ingest_pb2, ingest_pb2_grpc
 from earmark_runtime import bus
-from earmark_runtime.audio import AudioDecodeError, decode_audio
 from earmark_runtime.blobs import BlobNotFoundError
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
 from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
 
+from .intake import RefusedError, accept
 from .renditions import find_spec, parse_specs
 from .schema import MIGRATIONS, SCHEMA
-from .submissions import FINGERPRINTED, INDEXED, NewSubmission, Submissions
-from .tags import merge, read_tags
-from .validation import Refusal, check_audio, check_content, check_tags
+from .submissions import FINGERPRINTED, INDEXED, Submissions
+from .validation import Refusal
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
-# Validation decodes at a low rate: enough to measure duration and level, and fast.
-VALIDATION_RATE_HZ = 8000
 OUTBOX_GRACE_S = 5.0
 MAX_BATCH_IDS = 1000
 DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+WATCH_POLL_S = 0.5
+WATCH_LIMIT_S = 3600.0
+WATCH_QUIET_S = 60.0
 
 
 async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
@@ -61,69 +61,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise AssertionError("unreachable") from exc
         if not header.external_id.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "external_id is required")
-        if not data:
-            await _refuse(
-                context,
-                Refusal(common_pb2.REJECTION_CODE_NOT_AUDIO, "empty upload: no bytes received"),
-            )
         try:
-            decoded = await decode_audio(
-                data,
-                sample_rate_hz=VALIDATION_RATE_HZ,
-                ffmpeg=settings.ffmpeg,
-                max_seconds=settings.max_duration_s,
+            submission = await accept(
+                self._ctx,
+                self._subs,
+                data=data,
+                external_id=header.external_id,
+                filename=header.filename,
+                metadata=header.metadata,
             )
-        except AudioDecodeError as exc:
-            await _refuse(context, Refusal(common_pb2.REJECTION_CODE_NOT_AUDIO, str(exc)))
+        except RefusedError as exc:
+            await _refuse(context, exc.refusal)
             raise AssertionError("unreachable") from exc
-        tags = merge(read_tags(data), header.metadata)
-        refusal = check_audio(
-            decoded, min_duration_s=settings.min_duration_s, max_duration_s=settings.max_duration_s
-        ) or check_tags(tags, settings.required_tags)
-        if refusal is None:
-            refusal = await asyncio.to_thread(
-                check_content,
-                decoded,
-                max_clipping=settings.max_clipping,
-                music_check=settings.music_check,
-            )
-        if refusal is not None:
-            await _refuse(context, refusal)
-        sha = hashlib.sha256(data).hexdigest()
-        new = NewSubmission(
-            submission_id=str(uuid.uuid4()),
-            external_id=header.external_id,
-            filename=header.filename,
-            metadata=common_pb2.TrackMetadata(
-                title=tags.title,
-                artist=tags.artist,
-                album=tags.album,
-                isrc=tags.isrc,
-                extra=tags.extra,
-            ),
-            duration_s=decoded.duration_s,
-            size_bytes=len(data),
-            source_sha256=sha,
-            source_format=decoded.container,
-            blob_key=f"sources/{sha}",
-        )
-        # Blob first: a row never points at a missing blob. Same bytes, same key. A
-        # failure here surfaces as UNAVAILABLE (see earmark_runtime.interceptors).
-        await self._ctx.blob_store().put(new.blob_key, data)
-        submission, created = await self._subs.create(new)
-        if not created:
-            return ingest_pb2.UploadResponse(submission=submission)
-        try:
-            await bus.publish(
-                self._ctx.js,
-                bus.SUBMISSION_RECEIVED,
-                new.received_event(),
-                f"received:{new.submission_id}",
-            )
-            await self._subs.mark_published(new.submission_id)
-        except Exception:
-            # The row is committed; the outbox sweeper publishes it shortly.
-            log.warning("publish of %s deferred to the outbox", new.submission_id, exc_info=True)
         return ingest_pb2.UploadResponse(submission=submission)
 
     async def GetSubmission(
@@ -154,6 +103,54 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"not UUIDs: {', '.join(bad[:5])}"
             )
         return ingest_pb2.BatchGetSubmissionsResponse(submissions=await self._subs.get_many(ids))
+
+    async def WatchSubmission(
+        self, request: ingest_pb2.WatchSubmissionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.WatchSubmissionResponse]:
+        if not _is_uuid(request.submission_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"submission_id {request.submission_id!r} is not a UUID",
+            )
+        last: bytes = b""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WATCH_LIMIT_S
+        changed_at = loop.time()
+        # Polling the row keeps every replica able to answer, whichever one took the work.
+        while asyncio.get_running_loop().time() < deadline:
+            found = await self._subs.get_many([request.submission_id])
+            if not found:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no submission {request.submission_id}"
+                )
+            current = found[0]
+            snapshot = current.SerializeToString(deterministic=True)
+            if snapshot != last:
+                last = snapshot
+                changed_at = loop.time()
+                yield ingest_pb2.WatchSubmissionResponse(submission=current)
+            if _settled(current):
+                return
+            # Indexed, and the optional stages (features, renditions) fell silent:
+            # a worker of theirs may be off, so stop rather than hang.
+            if current.state == INDEXED and loop.time() - changed_at > WATCH_QUIET_S:
+                return
+            await asyncio.sleep(WATCH_POLL_S)
+
+    async def LookupSubmissions(
+        self, request: ingest_pb2.LookupSubmissionsRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.LookupSubmissionsResponse:
+        shas = [s.lower() for s in request.source_sha256]
+        if len(shas) > MAX_BATCH_IDS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_BATCH_IDS} digests per call"
+            )
+        bad = [s for s in shas if len(s) != 64 or any(c not in "0123456789abcdef" for c in s)]
+        if bad:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not SHA-256 hex digests: {', '.join(bad[:3])}"
+            )
+        return ingest_pb2.LookupSubmissionsResponse(submissions=await self._subs.live_by_sha(shas))
 
     async def Download(
         self, request: ingest_pb2.DownloadRequest, context: grpc.aio.ServicerContext
@@ -195,6 +192,60 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             yield ingest_pb2.DownloadResponse(chunk=data[start : start + DOWNLOAD_CHUNK_BYTES])
 
 
+FINAL = {common_pb2.SUBMISSION_STATE_REJECTED, common_pb2.SUBMISSION_STATE_DELETED}
+ALL_STAGES = {"validated", "fingerprinted", "indexed", "analysed", "transcoded"}
+
+
+def _settled(sub: common_pb2.Submission) -> bool:
+    """Final, and for an indexed track every later stage has reported."""
+    if sub.state in FINAL:
+        return True
+    return sub.state == INDEXED and {s.stage for s in sub.stages} >= ALL_STAGES
+
+
+class BulkIntake:
+    """Consumer of earmark.ingest.requested: files read from EARMARK_INGEST_ROOT."""
+
+    def __init__(self, ctx: ServiceContext, submissions: Submissions) -> None:
+        self._ctx = ctx
+        self._subs = submissions
+
+    def _resolve(self, path: str) -> Path:
+        root_setting = self._ctx.settings.ingest_root
+        if not root_setting:
+            raise bus.PermanentError("bulk ingestion by events is off: set EARMARK_INGEST_ROOT")
+        root = Path(root_setting).resolve()
+        candidate = (root / path.lstrip("/")).resolve()
+        # Never outside the root, whatever the path says (.., symlinks).
+        if candidate != root and root not in candidate.parents:
+            raise bus.PermanentError(f"{path!r} is outside the ingest root")
+        return candidate
+
+    async def handle(self, event: events_pb2.IngestRequested, _d: bus.Delivery) -> None:
+        path = self._resolve(event.path)
+        external_id = event.external_id or event.path
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            await self._subs.record_refused(
+                external_id=external_id,
+                filename=path.name,
+                code=common_pb2.REJECTION_CODE_NOT_AUDIO,
+                message=f"cannot read {event.path}: {type(exc).__name__}",
+            )
+            return
+        try:
+            await accept(
+                self._ctx, self._subs, data=data, external_id=external_id,
+                filename=path.name, metadata=event.metadata,
+            )  # fmt: skip
+        except RefusedError as exc:
+            await self._subs.record_refused(
+                external_id=external_id, filename=path.name,
+                code=exc.refusal.code, message=exc.refusal.message,
+            )  # fmt: skip
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -212,9 +263,17 @@ class StatusTracker:
 
     async def on_extracted(self, event: events_pb2.FingerprintExtracted, _d: bus.Delivery) -> None:
         await self._subs.advance(event.submission.submission_id, FINGERPRINTED)
+        await self._subs.mark_stage(event.submission.submission_id, "fingerprinted")
 
     async def on_indexed(self, event: events_pb2.TrackIndexed, _d: bus.Delivery) -> None:
         await self._subs.advance(event.submission_id, INDEXED, event.track_id)
+        await self._subs.mark_stage(event.submission_id, "indexed")
+
+    async def on_analysed(self, event: events_pb2.FeaturesComputed, _d: bus.Delivery) -> None:
+        await self._subs.mark_stage(event.submission_id, "analysed")
+
+    async def on_transcoded(self, event: events_pb2.RenditionsReady, _d: bus.Delivery) -> None:
+        await self._subs.mark_stage(event.track_id, "transcoded")
 
     async def on_rejected(self, event: events_pb2.SubmissionRejected, _d: bus.Delivery) -> None:
         if not _is_uuid(event.submission_id):
@@ -280,6 +339,31 @@ async def run() -> None:
             message_type=events_pb2.SubmissionRejected,
             handler=tracker.on_rejected,
             concurrency=concurrency,
+        ),
+        bus.Consumer(
+            ctx.js,
+            role="ingest",
+            subject=bus.FEATURES_COMPUTED,
+            message_type=events_pb2.FeaturesComputed,
+            handler=tracker.on_analysed,
+            concurrency=concurrency,
+        ),
+        bus.Consumer(
+            ctx.js,
+            role="ingest",
+            subject=bus.RENDITIONS_READY,
+            message_type=events_pb2.RenditionsReady,
+            handler=tracker.on_transcoded,
+            concurrency=concurrency,
+        ),
+        bus.Consumer(
+            ctx.js,
+            role="ingest",
+            subject=bus.INGEST_REQUESTED,
+            message_type=events_pb2.IngestRequested,
+            handler=BulkIntake(ctx, submissions).handle,
+            concurrency=ctx.settings.workers,
+            ack_wait_s=120.0,
         ),
         bus.Consumer(
             ctx.js,

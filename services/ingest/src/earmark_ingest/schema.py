@@ -49,4 +49,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX submissions_live_upload_idx ON submissions (external_id, source_sha256)
         WHERE state NOT IN (4, 5);
     """,
+    # When each pipeline stage finished: {"validated": ts, "fingerprinted": ts, ...}.
+    """
+    ALTER TABLE submissions ADD COLUMN stages jsonb NOT NULL DEFAULT '{}';
+    UPDATE submissions SET stages = jsonb_build_object('validated', created_at);
+    """,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ _COLUMNS = (
     "rejection_message, duplicate_of, coalesce(track_id::text, '') AS track_id, title, artist, "
     "album, isrc, extra, duration_s, source_sha256, source_format, blob_key, "
     "extract(epoch FROM created_at)::float8 AS created, "
-    "extract(epoch FROM updated_at)::float8 AS updated"
+    "extract(epoch FROM updated_at)::float8 AS updated, "
+    "(SELECT coalesce(jsonb_object_agg(key, extract(epoch FROM value::timestamptz)), '{}') "
+    "FROM jsonb_each_text(stages)) AS stage_epochs"
 )
 
 
@@ -81,6 +84,13 @@ def row_to_proto(row: dict[str, Any]) -> common_pb2.Submission:
         )
     sub.created_at.FromNanoseconds(int(row["created"] * 1e9))
     sub.updated_at.FromNanoseconds(int(row["updated"] * 1e9))
+    sub.source_sha256 = row["source_sha256"]
+    epochs = row.get("stage_epochs") or {}
+    if isinstance(epochs, str):
+        epochs = json.loads(epochs)
+    for stage, epoch in sorted(epochs.items(), key=lambda kv: float(kv[1])):
+        entry = sub.stages.add(stage=stage)
+        entry.at.FromNanoseconds(int(float(epoch) * 1e9))
     return sub
 
 
@@ -121,8 +131,9 @@ class Submissions:
                 f"""
                 INSERT INTO {SCHEMA}.submissions (submission_id, external_id, filename, state,
                     title, artist, album, isrc, extra, duration_s, size_bytes, source_sha256,
-                    source_format, blob_key)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                    source_format, blob_key, stages)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                    jsonb_build_object('validated', now()))
                 ON CONFLICT (external_id, source_sha256) WHERE state NOT IN (4, 5) DO NOTHING
                 RETURNING {_COLUMNS}
                 """,  # noqa: S608 - SCHEMA and _COLUMNS are module constants
@@ -155,6 +166,47 @@ class Submissions:
         if row is None:  # rejected in between; the caller may simply retry
             raise RuntimeError("conflicting submission vanished; retry the upload")
         return row_to_proto(row), False
+
+    async def record_refused(
+        self, *, external_id: str, filename: str, code: int, message: str
+    ) -> common_pb2.Submission:
+        """A REJECTED row for a file nobody waits on (bulk events): the reason must be findable."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"""
+                INSERT INTO {SCHEMA}.submissions (submission_id, external_id, filename, state,
+                    rejection_code, rejection_message, published)
+                VALUES (%s, %s, %s, %s, %s, %s, true)
+                RETURNING {_COLUMNS}
+                """,  # noqa: S608
+                (str(uuid.uuid4()), external_id, filename, REJECTED, code, message),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return row_to_proto(row)
+
+    async def mark_stage(self, submission_id: str, stage: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                f"UPDATE {SCHEMA}.submissions "  # noqa: S608
+                "SET stages = stages || jsonb_build_object(%s, now()), updated_at = now() "
+                "WHERE submission_id = %s AND NOT stages ? %s",
+                (stage, submission_id, stage),
+            )
+
+    async def live_by_sha(self, shas: list[str]) -> list[common_pb2.Submission]:
+        if not shas:
+            return []
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"SELECT {_COLUMNS} FROM {SCHEMA}.submissions "  # noqa: S608
+                "WHERE source_sha256 = ANY(%s) AND state NOT IN (4, 5)",
+                (shas,),
+            )
+            rows = await cur.fetchall()
+        return [row_to_proto(r) for r in rows]
 
     async def mark_published(self, submission_id: str) -> None:
         async with self._pool.connection() as conn:
