@@ -14,6 +14,7 @@ from ._table import Progress, table
 from .bulk import ingest_files
 from .client import Earmark
 from .discovery import earmark_home
+from .features_cli import add_commands as add_feature_commands
 from .results import Submission
 
 AUDIO_SUFFIXES = {
@@ -329,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="file to write (default TRACK.FORMAT)")
     p = add("delete", cmd_delete, "delete tracks from the catalog")
     p.add_argument("track_ids", nargs="+")
+    add_feature_commands(sub)
     return parser
 
 

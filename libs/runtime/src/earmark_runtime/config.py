@@ -75,6 +75,17 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
         "mp3-320:mp3:320,mp3-128:mp3:128,aac-256:m4a:256,opus-96:opus:96",
         "Delivery copies made of every indexed track: name:format:kbps, comma-separated.",
     ),
+    SettingDoc(
+        "EARMARK_MILVUS_URI",
+        "$EARMARK_HOME/features/milvus.db",
+        "Similarity index of features: a Milvus server http://HOST:19530, or a Milvus Lite "
+        "file *.db (one replica only).",
+    ),
+    SettingDoc(
+        "EARMARK_MILVUS_TOKEN",
+        "",
+        "Milvus credentials (user:password or API key) when the server needs them.",
+    ),
     SettingDoc("EARMARK_WORKERS", "2", "Messages a consumer works on at once."),
     SettingDoc(
         "EARMARK_STREAM_REPLICAS",
