@@ -15,13 +15,15 @@ since no Docker engine runs in CI.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -35,8 +37,12 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "earmark"
 NAMESPACE = "music"
 SERVICES = ("ingest", "fingerprint", "search", "features")
+# Workers: Deployments with no API (no Service), run from another service's image:
+# worker -> (image's service, module run with `python -m`).
+WORKERS = {"transcoder": ("ingest", "earmark_ingest.transcoder")}
+DEPLOYMENTS = SERVICES + tuple(WORKERS)
 DB_SERVICES = ("ingest", "search", "features")
-BLOB_SERVICES = ("ingest", "fingerprint", "features")
+BLOB_SERVICES = ("ingest", "fingerprint", "features", "transcoder")
 # The oldest Kubernetes the chart supports (native gRPC probes are GA from 1.27) and the
 # newest schema kubernetes-validate ships.
 KUBE_VERSIONS = ("1.27.0", "latest")
@@ -45,7 +51,10 @@ SETTING_NAMES = {s.name for s in SETTINGS_TABLE}
 LEFT_TO_DEFAULTS = {
     "EARMARK_HOME": "only the embedded stack uses it; the image sets a harmless default",
     "EARMARK_FFMPEG": "the ffmpeg inside the imageio-ffmpeg wheel is the right one",
+    "EARMARK_MILVUS_TOKEN": "the in-cluster Milvus needs none; extraEnv for a secured one",
+    "EARMARK_INGEST_ROOT": "bulk ingestion by events needs a shared volume: off in the chart",
 }
+# Settings the chart sets only when the dependency behind them is configured.
 HELM_INSTALL_HINT = (
     "Helm is not available: `pip install helm-python-sdk` (the PyPI wheel bundles Helm v4's "
     "Go SDK; import helm_python) or put a `helm` binary on PATH"
@@ -177,6 +186,17 @@ def workloads(rel: Release) -> Iterator[tuple[Manifest, Manifest]]:
     for doc in rel.docs:
         if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield doc, doc["spec"]["template"]["spec"]
+
+
+def image_of(svc: str) -> str:
+    """The service whose image a Deployment runs (a worker runs another's)."""
+    return WORKERS[svc][0] if svc in WORKERS else svc
+
+
+def milvus_configured(values: dict[str, Any]) -> bool:
+    return bool(
+        values.get("milvus", {}).get("enabled") or values.get("externalMilvus", {}).get("uri")
+    )
 
 
 def env_names(container: Manifest) -> set[str]:
@@ -332,9 +352,18 @@ def test_environment_matches_the_configuration_table(values_file: Path) -> None:
             set_somewhere |= {v for v in env if ours.match(v)}
     unset = SETTING_NAMES - set_somewhere - set(LEFT_TO_DEFAULTS)
     assert not unset, f"settings the chart never sets (add them, or to LEFT_TO_DEFAULTS): {unset}"
+    features_env = effective_env(rel, rel.container("features"))
+    if not milvus_configured(rel.values):
+        # Milvus Lite on the writable /tmp volume (the root filesystem is read-only),
+        # rebuilt from PostgreSQL when the pod starts.
+        assert features_env["EARMARK_MILVUS_URI"].startswith("/tmp/")
+    if rel.values.get("milvus", {}).get("enabled"):
+        assert (
+            features_env["EARMARK_MILVUS_URI"] == f"http://{RELEASE}-milvus.{NAMESPACE}.svc:19530"
+        )
 
     fingerprint_port = rel.values.get("fingerprint", {}).get("port", DEFAULT_PORTS["fingerprint"])
-    for svc in SERVICES:
+    for svc in DEPLOYMENTS:
         c = rel.container(svc)
         env = effective_env(rel, c)
         port = c["ports"][0]["containerPort"]
@@ -352,6 +381,9 @@ def test_environment_matches_the_configuration_table(values_file: Path) -> None:
             )
             fp_service = rel.get("Service", f"{RELEASE}-fingerprint")
             assert fp_service["spec"]["ports"][0]["port"] == fingerprint_port
+        if svc in WORKERS:
+            assert not rel.has("Service", f"{RELEASE}-{svc}")  # no API, no Service
+            continue
         svc_port = rel.get("Service", f"{RELEASE}-{svc}")["spec"]["ports"][0]
         assert svc_port["port"] == port and svc_port["appProtocol"] == "grpc"
 
@@ -391,11 +423,11 @@ def test_defaults_run_everything_in_cluster() -> None:
     assert not rel.of_kind("HorizontalPodAutoscaler")
     assert not rel.of_kind("ScaledObject")
     assert {p["metadata"]["name"] for p in rel.of_kind("PodDisruptionBudget")} == {
-        f"{RELEASE}-{svc}" for svc in SERVICES
+        f"{RELEASE}-{svc}" for svc in DEPLOYMENTS
     }
-    for svc in SERVICES:
+    for svc in DEPLOYMENTS:
         assert rel.deployment(svc)["spec"]["replicas"] == 1
-        assert rel.container(svc)["image"] == f"earmark/{svc}:0.1.0"
+        assert rel.container(svc)["image"] == f"earmark/{image_of(svc)}:0.1.0"
     nats_url = rel.secret_value(f"{RELEASE}-secrets", "nats-url")
     assert nats_url == f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
     db_url = rel.secret_value(f"{RELEASE}-secrets", "database-url")
@@ -518,8 +550,9 @@ def test_external_dependencies() -> None:
     for svc in DB_SERVICES:
         (db,) = [e for e in rel.container(svc)["env"] if e["name"] == "EARMARK_DATABASE_URL"]
         assert db["valueFrom"]["secretKeyRef"] == {"name": "earmark-database", "key": "url"}
-    for svc in SERVICES:
-        assert rel.container(svc)["image"] == f"registry.example.com/audio/earmark/{svc}:0.1.0"
+    for svc in DEPLOYMENTS:
+        image = f"registry.example.com/audio/earmark/{image_of(svc)}:0.1.0"
+        assert rel.container(svc)["image"] == image
         pod = rel.deployment(svc)["spec"]["template"]["spec"]
         assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
     assert values["externalMilvus"]["uri"] in rel.notes()
@@ -547,12 +580,16 @@ def test_keda_scaled_objects() -> None:
     assert {o["spec"]["scaleTargetRef"]["name"] for o in objects} == {
         f"{RELEASE}-fingerprint",
         f"{RELEASE}-features",
+        f"{RELEASE}-transcoder",
     }
     for obj in objects:
         svc = obj["spec"]["scaleTargetRef"]["name"].removeprefix(f"{RELEASE}-")
         assert rel.has("Deployment", f"{RELEASE}-{svc}")
         assert "replicas" not in rel.deployment(svc)["spec"]
-        assert obj["spec"]["minReplicaCount"] >= 1  # the services also serve gRPC
+        if svc in SERVICES:
+            assert obj["spec"]["minReplicaCount"] >= 1  # the services also serve gRPC
+        else:
+            assert obj["spec"]["minReplicaCount"] >= 0  # a worker may scale to zero
         for trigger in obj["spec"]["triggers"]:
             assert trigger["type"] == "nats-jetstream"
             meta = trigger["metadata"]
@@ -564,6 +601,94 @@ def test_keda_scaled_objects() -> None:
                 f"{RELEASE}-nats-headless.{NAMESPACE}.svc.cluster.local:8222"
             )
             assert int(meta["lagThreshold"]) > 0
+
+
+def _transcoder_durable() -> str:
+    """The durable name the transcoder's consumer gets, built by earmark_runtime.bus itself."""
+    source = (ROOT / "services/ingest/src/earmark_ingest/transcoder.py").read_text()
+    assert 'role="transcoder"' in source and "subject=bus.TRACK_INDEXED" in source
+    consumer = bus.Consumer(
+        cast(Any, None),
+        role="transcoder",
+        subject=bus.TRACK_INDEXED,
+        message_type=cast(Any, object),
+        handler=cast(Any, None),
+    )
+    return consumer.durable
+
+
+@needs_helm
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_transcoder_worker(values_file: Path) -> None:
+    """The transcoder: its own Deployment, from the ingest image, no database, no Service."""
+    rel = release(values_file.name.removesuffix("-values.yaml"))
+    deployment = rel.deployment("transcoder")
+    pod = deployment["spec"]["template"]["spec"]
+    c = rel.container("transcoder")
+    ingest = rel.container("ingest")
+    assert c["name"] == "transcoder"
+    assert c["image"] == ingest["image"] and c["image"].split("/")[-1].startswith("ingest:")
+    assert c["command"] == ["python", "-m", "earmark_ingest.transcoder"]
+    assert "args" not in c
+    # The module and the console script the image installs.
+    assert importlib.util.find_spec("earmark_ingest.transcoder") is not None
+    pyproject = tomllib.loads((ROOT / "services/ingest/pyproject.toml").read_text())
+    scripts = pyproject["project"]["scripts"]
+    assert scripts["earmark-transcoder"] == "earmark_ingest.transcoder:main"
+    # Probes on its own port, the one earmark_runtime.config gives the transcoder.
+    port = rel.values.get("transcoder", {}).get("port", DEFAULT_PORTS["transcoder"])
+    assert port == 50055 == DEFAULT_PORTS["transcoder"]
+    assert c["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"] == {"port": port}, probe
+    env = effective_env(rel, c)
+    assert env["EARMARK_GRPC_PORT"] == str(port)
+    assert env["OTEL_SERVICE_NAME"] == "earmark-transcoder"
+    assert "EARMARK_DATABASE_URL" not in env
+    for var in ("EARMARK_NATS_URL", "EARMARK_BLOB_URL", "EARMARK_RENDITIONS", "EARMARK_WORKERS"):
+        assert var in env, var
+    # Same hardening as the services.
+    assert c["securityContext"] == ingest["securityContext"]
+    assert (
+        pod["securityContext"]
+        == rel.deployment("ingest")["spec"]["template"]["spec"]["securityContext"]
+    )
+    # No Service points at it (no API); its pods are not ingest's.
+    assert not rel.has("Service", f"{RELEASE}-transcoder")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "transcoder"
+    for svc in rel.of_kind("Service"):
+        assert not svc["spec"].get("selector", {}).items() <= labels.items()
+    # Scales on its own: HPA / KEDA / PDB target the transcoder Deployment, never ingest.
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+        for obj in rel.of_kind(kind):
+            if obj["metadata"]["name"] == f"{RELEASE}-transcoder":
+                assert obj["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-transcoder"
+    keda = rel.values.get("transcoder", {}).get("keda", {})
+    if keda.get("enabled"):
+        obj = rel.get("ScaledObject", f"{RELEASE}-transcoder")
+        consumers = [t["metadata"]["consumer"] for t in obj["spec"]["triggers"]]
+        assert consumers == [_transcoder_durable()] == ["transcoder-earmark-track-indexed"]
+        assert obj["spec"]["minReplicaCount"] == keda.get("minReplicas", 1)
+        assert "replicas" not in deployment["spec"]
+    else:
+        assert not rel.has("ScaledObject", f"{RELEASE}-transcoder")
+
+
+@needs_helm
+def test_transcoder_defaults_and_switch() -> None:
+    rel = release("default")
+    defaults = _load_values(CHART / "values.yaml")["transcoder"]
+    assert defaults["keda"]["consumers"] == [_transcoder_durable()]
+    assert rel.deployment("transcoder")["spec"]["replicas"] == defaults["replicaCount"]
+    tmp = next(v for v in rel.deployment("transcoder")["spec"]["template"]["spec"]["volumes"])
+    assert tmp["emptyDir"]["sizeLimit"] == defaults["tmpSizeLimit"]
+    assert "transcoder" in rel.notes()
+    off = Release({"transcoder": {"enabled": False}})
+    assert not off.has("Deployment", f"{RELEASE}-transcoder")
+    assert not off.has("PodDisruptionBudget", f"{RELEASE}-transcoder")
+    assert off.has("Deployment", f"{RELEASE}-ingest")
+    assert "transcoder" not in off.notes()
 
 
 def _render_error(values: dict[str, Any]) -> str:
@@ -580,6 +705,12 @@ def _render_error(values: dict[str, Any]) -> str:
         ({"postgresql": {"enabled": False}}, "externalPostgres"),
         ({"externalNats": {"url": "nats://x:4222"}}, "nats.enabled=false"),
         ({"search": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}}, "not both"),
+        (
+            {"transcoder": {"autoscaling": {"enabled": True}, "keda": {"enabled": True}}},
+            "not both",
+        ),
+        ({"transcoder": {"service": {"type": "ClusterIP"}}}, "service"),
+        ({"transcoder": {"gpu": {"enabled": True}}}, "gpu"),
         ({"nats": {"replicas": 2}}, "replicas"),
         ({"config": {"logFormat": "xml"}}, "logFormat"),
         ({"unknownKey": 1}, "unknownKey"),

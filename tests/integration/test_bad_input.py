@@ -60,6 +60,42 @@ def _elf() -> bytes:
     return b"\x7fELF\x02\x01\x01\x00" + os.urandom(4000)
 
 
+def _png() -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    raw = b"".join(b"\x00" + bytes(range(16)) * 3 for _ in range(16))
+    header = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+
+
+def _zip() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("song.mp3", b"ID3" + os.urandom(3000))
+    return buf.getvalue()
+
+
+def _polyglot() -> bytes:
+    # A zip archive wearing a RIFF/WAVE header: the header alone must not pass.
+    return b"RIFF\x24\x00\x00\x00WAVEfmt " + _zip()
+
+
+def _concat_playlist() -> bytes:
+    return b"ffconcat version 1.0\nfile '/etc/passwd'\n"
+
+
 BAD_UPLOADS = [
     ("empty.wav", lambda: b"", "empty upload"),
     ("random.mp3", lambda: os.urandom(20000), "not decodable as audio"),
@@ -69,6 +105,10 @@ BAD_UPLOADS = [
     ("silence.wav", lambda: wav_bytes(song(1, 5) * 0.0), "silent"),
     ("short.wav", lambda: wav_bytes(song(2, 1.0)), "at least"),
     ("huge.wav", lambda: os.urandom(MAX_UPLOAD_BYTES + 1024), "larger than"),
+    ("cover.mp3", _png, ""),
+    ("album.flac", _zip, "not decodable as audio"),
+    ("polyglot.wav", _polyglot, "not decodable as audio"),
+    ("playlist.wav", _concat_playlist, ""),
 ]
 
 

@@ -6,6 +6,33 @@ live under .Values.<service>.
 fingerprint search ingest features
 {{- end }}
 
+{{/*
+Workers: processes with no API of their own. Each is a Deployment like a service (replicas,
+resources, HPA, PDB, KEDA under .Values.<worker>) but gets no Service: its gRPC port
+carries only grpc.health.v1 and reflection, for the probes. A worker runs from another
+service's image with the command overridden (earmark.workerImage, earmark.workerModule).
+*/}}
+{{- define "earmark.workers" -}}
+transcoder
+{{- end }}
+
+{{/* Every Deployment: the services, then the workers. */}}
+{{- define "earmark.deployments" -}}
+{{ include "earmark.services" . }} {{ include "earmark.workers" . }}
+{{- end }}
+
+{{/* The service whose image a worker runs. */}}
+{{- define "earmark.workerImage" -}}
+{{- $m := dict "transcoder" "ingest" -}}
+{{- get $m . -}}
+{{- end }}
+
+{{/* The module a worker runs (`python -m <module>`). */}}
+{{- define "earmark.workerModule" -}}
+{{- $m := dict "transcoder" "earmark_ingest.transcoder" -}}
+{{- get $m . -}}
+{{- end }}
+
 {{/* Services that use PostgreSQL (they apply their schema on start). */}}
 {{- define "earmark.databaseServices" -}}
 search ingest features
@@ -134,7 +161,7 @@ Image of a service. Call with (dict "root" $ "service" "fingerprint").
 {{- if and .Values.milvus.enabled .Values.externalMilvus.uri }}
 {{- fail "set milvus.enabled=false to use externalMilvus" }}
 {{- end }}
-{{- range $svc := splitList " " (include "earmark.services" .) }}
+{{- range $svc := splitList " " (include "earmark.deployments" .) }}
 {{- $s := index $.Values $svc }}
 {{- if and $s.autoscaling.enabled $s.keda.enabled }}
 {{- fail (printf "%s: enable either autoscaling (HPA) or keda, not both" $svc) }}

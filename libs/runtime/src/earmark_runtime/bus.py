@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import nats
@@ -107,6 +108,12 @@ class Delivery:
 
     async def still_working(self) -> None:
         await self.msg.in_progress()
+
+    @property
+    def published_at(self) -> datetime | None:
+        """When the stream stored the message: when the reported step happened."""
+        stamp = self.msg.metadata.timestamp
+        return stamp if isinstance(stamp, datetime) else None
 
 
 Handler = Callable[[M, Delivery], Awaitable[None]]

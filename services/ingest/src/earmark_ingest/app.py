@@ -261,19 +261,19 @@ class StatusTracker:
         self._ctx = ctx
         self._subs = submissions
 
-    async def on_extracted(self, event: events_pb2.FingerprintExtracted, _d: bus.Delivery) -> None:
+    async def on_extracted(self, event: events_pb2.FingerprintExtracted, d: bus.Delivery) -> None:
         await self._subs.advance(event.submission.submission_id, FINGERPRINTED)
-        await self._subs.mark_stage(event.submission.submission_id, "fingerprinted")
+        await self._subs.mark_stage(event.submission.submission_id, "fingerprinted", d.published_at)
 
-    async def on_indexed(self, event: events_pb2.TrackIndexed, _d: bus.Delivery) -> None:
+    async def on_indexed(self, event: events_pb2.TrackIndexed, d: bus.Delivery) -> None:
         await self._subs.advance(event.submission_id, INDEXED, event.track_id)
-        await self._subs.mark_stage(event.submission_id, "indexed")
+        await self._subs.mark_stage(event.submission_id, "indexed", d.published_at)
 
-    async def on_analysed(self, event: events_pb2.FeaturesComputed, _d: bus.Delivery) -> None:
-        await self._subs.mark_stage(event.submission_id, "analysed")
+    async def on_analysed(self, event: events_pb2.FeaturesComputed, d: bus.Delivery) -> None:
+        await self._subs.mark_stage(event.submission_id, "analysed", d.published_at)
 
-    async def on_transcoded(self, event: events_pb2.RenditionsReady, _d: bus.Delivery) -> None:
-        await self._subs.mark_stage(event.track_id, "transcoded")
+    async def on_transcoded(self, event: events_pb2.RenditionsReady, d: bus.Delivery) -> None:
+        await self._subs.mark_stage(event.track_id, "transcoded", d.published_at)
 
     async def on_rejected(self, event: events_pb2.SubmissionRejected, _d: bus.Delivery) -> None:
         if not _is_uuid(event.submission_id):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -55,23 +56,27 @@ class NewSubmission:
         )
 
 
-def row_to_proto(row: dict[str, Any]) -> common_pb2.Submission:
+def _metadata(row: dict[str, Any]) -> common_pb2.TrackMetadata:
     extra = row["extra"]
     if isinstance(extra, str):
         extra = json.loads(extra)
+    return common_pb2.TrackMetadata(
+        title=row["title"],
+        artist=row["artist"],
+        album=row["album"],
+        isrc=row["isrc"],
+        extra=dict(extra or {}),
+    )
+
+
+def row_to_proto(row: dict[str, Any]) -> common_pb2.Submission:
     sub = common_pb2.Submission(
         submission_id=row["submission_id"],
         external_id=row["external_id"],
         filename=row["filename"],
         state=row["state"],
         track_id=row["track_id"],
-        metadata=common_pb2.TrackMetadata(
-            title=row["title"],
-            artist=row["artist"],
-            album=row["album"],
-            isrc=row["isrc"],
-            extra=dict(extra or {}),
-        ),
+        metadata=_metadata(row),
         duration_s=row["duration_s"],
     )
     if row["state"] == REJECTED:
@@ -95,22 +100,13 @@ def row_to_proto(row: dict[str, Any]) -> common_pb2.Submission:
 
 
 def row_to_event(row: dict[str, Any]) -> events_pb2.SubmissionReceived:
-    extra = row["extra"]
-    if isinstance(extra, str):
-        extra = json.loads(extra)
     return events_pb2.SubmissionReceived(
         submission_id=row["submission_id"],
         external_id=row["external_id"],
         blob_key=row["blob_key"],
         source_sha256=row["source_sha256"],
         source_format=row["source_format"],
-        metadata=common_pb2.TrackMetadata(
-            title=row["title"],
-            artist=row["artist"],
-            album=row["album"],
-            isrc=row["isrc"],
-            extra=dict(extra or {}),
-        ),
+        metadata=_metadata(row),
         duration_s=row["duration_s"],
     )
 
@@ -186,13 +182,14 @@ class Submissions:
         assert row is not None
         return row_to_proto(row)
 
-    async def mark_stage(self, submission_id: str, stage: str) -> None:
+    async def mark_stage(self, submission_id: str, stage: str, at: datetime | None) -> None:
+        """Record when `stage` happened (the event's time; now if unknown), once."""
         async with self._pool.connection() as conn:
             await conn.execute(
                 f"UPDATE {SCHEMA}.submissions "  # noqa: S608
-                "SET stages = stages || jsonb_build_object(%s, now()), updated_at = now() "
-                "WHERE submission_id = %s AND NOT stages ? %s",
-                (stage, submission_id, stage),
+                "SET stages = stages || jsonb_build_object(%s::text, coalesce(%s, now())), "
+                "updated_at = now() WHERE submission_id = %s AND NOT stages ? %s::text",
+                (stage, at, submission_id, stage),
             )
 
     async def live_by_sha(self, shas: list[str]) -> list[common_pb2.Submission]:
