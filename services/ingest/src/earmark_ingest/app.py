@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -314,48 +315,27 @@ async def run() -> None:
     ctx = await start_context("ingest", migrations=[(SCHEMA, MIGRATIONS)], use_blobs=True)
     submissions = Submissions(ctx.db())
     tracker = StatusTracker(ctx, submissions)
-    concurrency = ctx.settings.workers * 4
+    # Status updates are small and quick; many run at once.
+    status_routes: list[tuple[str, type[Any], Any]] = [
+        (bus.FINGERPRINT_EXTRACTED, events_pb2.FingerprintExtracted, tracker.on_extracted),
+        (bus.TRACK_INDEXED, events_pb2.TrackIndexed, tracker.on_indexed),
+        (bus.SUBMISSION_REJECTED, events_pb2.SubmissionRejected, tracker.on_rejected),
+        (bus.FEATURES_COMPUTED, events_pb2.FeaturesComputed, tracker.on_analysed),
+        (bus.RENDITIONS_READY, events_pb2.RenditionsReady, tracker.on_transcoded),
+        (bus.TRACK_DELETED, events_pb2.TrackDeleted, tracker.on_deleted),
+    ]
     ctx.consumers += [
         bus.Consumer(
             ctx.js,
             role="ingest",
-            subject=bus.FINGERPRINT_EXTRACTED,
-            message_type=events_pb2.FingerprintExtracted,
-            handler=tracker.on_extracted,
-            concurrency=concurrency,
-        ),
-        bus.Consumer(
-            ctx.js,
-            role="ingest",
-            subject=bus.TRACK_INDEXED,
-            message_type=events_pb2.TrackIndexed,
-            handler=tracker.on_indexed,
-            concurrency=concurrency,
-        ),
-        bus.Consumer(
-            ctx.js,
-            role="ingest",
-            subject=bus.SUBMISSION_REJECTED,
-            message_type=events_pb2.SubmissionRejected,
-            handler=tracker.on_rejected,
-            concurrency=concurrency,
-        ),
-        bus.Consumer(
-            ctx.js,
-            role="ingest",
-            subject=bus.FEATURES_COMPUTED,
-            message_type=events_pb2.FeaturesComputed,
-            handler=tracker.on_analysed,
-            concurrency=concurrency,
-        ),
-        bus.Consumer(
-            ctx.js,
-            role="ingest",
-            subject=bus.RENDITIONS_READY,
-            message_type=events_pb2.RenditionsReady,
-            handler=tracker.on_transcoded,
-            concurrency=concurrency,
-        ),
+            subject=subject,
+            message_type=message_type,
+            handler=handler,
+            concurrency=ctx.settings.workers * 4,
+        )
+        for subject, message_type, handler in status_routes
+    ]
+    ctx.consumers.append(
         bus.Consumer(
             ctx.js,
             role="ingest",
@@ -364,15 +344,8 @@ async def run() -> None:
             handler=BulkIntake(ctx, submissions).handle,
             concurrency=ctx.settings.workers,
             ack_wait_s=120.0,
-        ),
-        bus.Consumer(
-            ctx.js,
-            role="ingest",
-            subject=bus.TRACK_DELETED,
-            message_type=events_pb2.TrackDeleted,
-            handler=tracker.on_deleted,
-        ),
-    ]
+        )
+    )
     servicer = IngestServicer(ctx, submissions)
     await run_server(
         bind=ctx.settings.grpc_bind,
