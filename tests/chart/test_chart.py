@@ -49,6 +49,9 @@ KUBE_VERSIONS = ("1.27.0", "latest")
 SETTING_NAMES = {s.name for s in SETTINGS_TABLE}
 # Settings the chart deliberately leaves to the service's or the image's default.
 LEFT_TO_DEFAULTS = {
+    "EARMARK_API_KEYS_FILE": "authentication is off by default; the chart does not template "
+    "the keys Secret yet (set it with extraEnv and a Secret volume)",
+    "EARMARK_API_KEY": "only needed with EARMARK_API_KEYS_FILE (extraEnv from a Secret)",
     "EARMARK_HOME": "only the embedded stack uses it; the image sets a harmless default",
     "EARMARK_FFMPEG": "the ffmpeg inside the imageio-ffmpeg wheel is the right one",
     "EARMARK_MILVUS_TOKEN": "the in-cluster Milvus needs none; extraEnv for a secured one",

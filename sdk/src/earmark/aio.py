@@ -11,6 +11,7 @@ import grpc
 
 from earmark.v1 import ingest_pb2, ingest_pb2_grpc, search_pb2, search_pb2_grpc
 
+from . import _auth
 from ._requests import (
     CHANNEL_OPTIONS,
     AudioSource,
@@ -27,7 +28,12 @@ class AsyncEarmark:
     """`async with AsyncEarmark() as em: match = (await em.identify(clip)).match`"""
 
     def __init__(
-        self, *, ingest: str | None = None, search: str | None = None, timeout_s: float = 60.0
+        self,
+        *,
+        ingest: str | None = None,
+        search: str | None = None,
+        timeout_s: float = 60.0,
+        api_key: str | None = None,
     ) -> None:
         ends = resolve(ingest=ingest, search=search)
         self._ingest_channel = grpc.aio.insecure_channel(ends.ingest, options=CHANNEL_OPTIONS)
@@ -35,6 +41,7 @@ class AsyncEarmark:
         self._ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_channel)
         self._search = search_pb2_grpc.SearchServiceStub(self._search_channel)
         self._timeout = timeout_s
+        self._metadata = _auth.aio_metadata(_auth.api_key(api_key))  # default: $EARMARK_API_KEY
 
     async def close(self) -> None:
         await self._ingest_channel.close()
@@ -59,6 +66,7 @@ class AsyncEarmark:
         reply = await self._ingest.Upload(
             upload_messages(data, external_id=ext_id, filename=name, metadata=metadata),
             timeout=self._timeout,
+            metadata=self._metadata,
         )
         return Submission.from_proto(reply.submission)
 
@@ -66,6 +74,7 @@ class AsyncEarmark:
         reply = await self._ingest.BatchGetSubmissions(
             ingest_pb2.BatchGetSubmissionsRequest(submission_ids=list(submission_ids)),
             timeout=self._timeout,
+            metadata=self._metadata,
         )
         return [Submission.from_proto(s) for s in reply.submissions]
 
@@ -89,6 +98,7 @@ class AsyncEarmark:
         reply = await self._search.Identify(
             search_pb2.IdentifyRequest(audio=audio_input(data), max_matches=max_matches),
             timeout=self._timeout,
+            metadata=self._metadata,
         )
         return Identification.from_proto(reply, (time.perf_counter() - started) * 1000)
 
@@ -97,7 +107,9 @@ class AsyncEarmark:
     ) -> list[TimelineEntry]:
         data = await asyncio.to_thread(read_audio, recording)
         reply = await self._search.Scan(
-            scan_messages(data, window_s=window_s, hop_s=hop_s), timeout=max(self._timeout, 600.0)
+            scan_messages(data, window_s=window_s, hop_s=hop_s),
+            timeout=max(self._timeout, 600.0),
+            metadata=self._metadata,
         )
         return [TimelineEntry.from_proto(e) for e in reply.entries]
 
@@ -107,6 +119,7 @@ class AsyncEarmark:
             reply = await self._search.ListTracks(
                 search_pb2.ListTracksRequest(page_size=page_size, page_token=token),
                 timeout=self._timeout,
+                metadata=self._metadata,
             )
             for t in reply.tracks:
                 yield Track.from_proto(t)
@@ -116,5 +129,7 @@ class AsyncEarmark:
 
     async def delete_track(self, track_id: str) -> None:
         await self._search.DeleteTrack(
-            search_pb2.DeleteTrackRequest(track_id=track_id), timeout=self._timeout
+            search_pb2.DeleteTrackRequest(track_id=track_id),
+            timeout=self._timeout,
+            metadata=self._metadata,
         )

@@ -276,6 +276,22 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    """A new API key: the key for the caller, and its hashed entry for the keys file."""
+    import hashlib
+    import secrets
+
+    key = "emk_" + secrets.token_urlsafe(32)
+    entry = {
+        "name": args.name,
+        "role": args.role,
+        "sha256": hashlib.sha256(key.encode()).hexdigest(),
+    }
+    print(f"key (give it to the caller; it is not stored anywhere): {key}")
+    print(f"entry for EARMARK_API_KEYS_FILE: {json.dumps(entry)}")
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     with Earmark() as em:
         for track_id in args.track_ids:
@@ -331,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("delete", cmd_delete, "delete tracks from the catalog")
     p.add_argument("track_ids", nargs="+")
     add_feature_commands(sub)
+    p = add("keys-new", cmd_keys_new, "make an API key and its hashed entry for the keys file")
+    p.add_argument("--name", required=True)
+    p.add_argument("--role", required=True, choices=["identify", "ingest", "admin"])
     return parser
 
 

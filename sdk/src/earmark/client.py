@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-import grpc
-
 from earmark.v1 import (
     features_pb2,
     features_pb2_grpc,
@@ -17,8 +15,8 @@ from earmark.v1 import (
     search_pb2_grpc,
 )
 
+from . import _auth
 from ._requests import (
-    CHANNEL_OPTIONS,
     AudioSource,
     audio_input,
     read_audio,
@@ -45,15 +43,15 @@ class Earmark:
         search: str | None = None,
         features: str | None = None,
         timeout_s: float = 60.0,
+        api_key: str | None = None,
     ) -> None:
         ends = resolve(ingest=ingest, search=search, features=features)
-        self._channels = [
-            grpc.insecure_channel(addr, options=CHANNEL_OPTIONS)
-            for addr in (ends.ingest, ends.search, ends.features)
-        ]
-        self._ingest = ingest_pb2_grpc.IngestServiceStub(self._channels[0])
-        self._search = search_pb2_grpc.SearchServiceStub(self._channels[1])
-        self._features = features_pb2_grpc.FeaturesServiceStub(self._channels[2])
+        key = _auth.api_key(api_key)  # default: $EARMARK_API_KEY
+        pairs = [_auth.sync_channel(a, key) for a in (ends.ingest, ends.search, ends.features)]
+        self._channels = [raw for raw, _ in pairs]
+        self._ingest = ingest_pb2_grpc.IngestServiceStub(pairs[0][1])
+        self._search = search_pb2_grpc.SearchServiceStub(pairs[1][1])
+        self._features = features_pb2_grpc.FeaturesServiceStub(pairs[2][1])
         self._timeout = timeout_s
 
     def close(self) -> None:

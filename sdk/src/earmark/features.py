@@ -17,7 +17,8 @@ import grpc
 
 from earmark.v1 import features_pb2, features_pb2_grpc
 
-from ._requests import CHANNEL_OPTIONS, AudioSource, audio_input, read_audio
+from . import _auth
+from ._requests import AudioSource, audio_input, read_audio
 from .discovery import resolve
 
 
@@ -110,10 +111,14 @@ class FeaturesClient:
         timeout_s: float = 60.0,
     ) -> None:
         self._own = channel is None
-        self._channel = channel or grpc.insecure_channel(
-            resolve(features=addr).features, options=CHANNEL_OPTIONS
-        )
-        self._stub = features_pb2_grpc.FeaturesServiceStub(self._channel)
+        if channel is None:
+            raw, stub_channel = _auth.sync_channel(
+                resolve(features=addr).features, _auth.api_key(None)
+            )
+        else:
+            raw = stub_channel = channel
+        self._channel = raw
+        self._stub = features_pb2_grpc.FeaturesServiceStub(stub_channel)
         self._timeout = timeout_s
 
     def close(self) -> None:

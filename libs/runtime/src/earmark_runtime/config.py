@@ -46,6 +46,16 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc("EARMARK_MIN_DURATION_S", "3", "Shortest accepted track, seconds."),
     SettingDoc("EARMARK_MAX_CLIP_S", "60", "Longest clip identify takes, seconds."),
     SettingDoc(
+        "EARMARK_API_KEYS_FILE",
+        "(empty: no authentication)",
+        "JSON list of {name, role, sha256} of accepted API keys; roles identify, ingest, admin.",
+    ),
+    SettingDoc(
+        "EARMARK_API_KEY",
+        "",
+        "The key a service (or the CLI/SDK) sends on its own calls when authentication is on.",
+    ),
+    SettingDoc(
         "EARMARK_INGEST_ROOT",
         "(empty: off)",
         "Folder ingest reads files from for earmark.ingest.requested events; empty turns it off.",
@@ -154,6 +164,8 @@ class Settings:
     renditions: str
     required_tags: tuple[str, ...]
     ingest_root: str
+    api_keys_file: str
+    api_key: str
     music_check: bool
     max_clipping: float
     ffmpeg: str
@@ -219,6 +231,8 @@ def load_settings(service: str) -> Settings:
         duplicates=duplicates,
         required_tags=required_tags,
         ingest_root=_env("EARMARK_INGEST_ROOT", ""),
+        api_keys_file=_env("EARMARK_API_KEYS_FILE", ""),
+        api_key=_env("EARMARK_API_KEY", ""),
         music_check=music_check == "on",
         max_clipping=_env_float("EARMARK_MAX_CLIPPING", 0.2),
         renditions=_env(

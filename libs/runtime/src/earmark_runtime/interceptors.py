@@ -13,6 +13,7 @@ import psycopg
 from nats.errors import Error as NatsError
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .auth import KeyStore
 from .telemetry import extract_context, tracer
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,16 @@ def _dependency_message(exc: BaseException) -> str:
     return f"a dependency is unavailable ({type(exc).__name__}); retry shortly"
 
 
+_STATUS = {
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, keys: KeyStore | None = None) -> None:
+        self._keys = keys
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -48,6 +58,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)
         }
         parent = extract_context(metadata)
+        decision = self._keys.authorize(method, metadata) if self._keys else None
+        if decision is not None and not decision.allowed:
+            who = decision.principal.name if decision.principal else "anonymous"
+            log.warning("denied %s to %s: %s", method, who, decision.message)
+
+        async def check(ctx: grpc.aio.ServicerContext) -> None:
+            if decision is not None and not decision.allowed:
+                await ctx.abort(_STATUS[decision.code], decision.message)
 
         def wrap_unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def run(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
@@ -55,6 +73,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     method, context=parent, kind=SpanKind.SERVER
                 ) as span:
                     span.set_attribute("rpc.system", "grpc")
+                    await check(ctx)
                     try:
                         return await fn(request, ctx)
                     except _DEPENDENCY_ERRORS as exc:
@@ -67,6 +86,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         def wrap_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def run(request: Any, ctx: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 with tracer().start_as_current_span(method, context=parent, kind=SpanKind.SERVER):
+                    await check(ctx)
                     try:
                         async for item in fn(request, ctx):
                             yield item

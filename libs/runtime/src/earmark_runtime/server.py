@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .auth import KeyStore
 from .interceptors import ServerInterceptor
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,12 @@ async def run_server(
     health_checks: Mapping[str, HealthCheck],
     background: Iterable[Callable[[], Coroutine[Any, Any, None]]] = (),
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    keys: KeyStore | None = None,
     grace_s: float = 5.0,
     probe_interval_s: float = 2.0,
 ) -> None:
     """Serve until SIGTERM/SIGINT; runs `background` tasks alongside."""
-    server = grpc.aio.server(interceptors=[ServerInterceptor()], options=grpc_options())
+    server = grpc.aio.server(interceptors=[ServerInterceptor(keys)], options=grpc_options())
     register(server)
     names = list(full_service_names)
     health_servicer = health.aio.HealthServicer()

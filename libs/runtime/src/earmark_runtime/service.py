@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from psycopg_pool import AsyncConnectionPool
 
 from . import bus, db
+from .auth import KeyStore
 from .blobs import BlobStore, open_blob_store
 from .config import Settings, load_settings
 from .logs import configure_logging
@@ -30,6 +31,7 @@ class ServiceContext:
     blobs: BlobStore | None = None
     pool: AsyncConnectionPool | None = None
     consumers: list[bus.Consumer[Any]] = field(default_factory=list)
+    keys: KeyStore | None = None
 
     def db(self) -> AsyncConnectionPool:
         if self.pool is None:
@@ -105,7 +107,11 @@ async def start_context(
     nc = await _connect_with_retry(settings.nats_url, f"earmark-{service}")
     js = nc.jetstream()
     await bus.ensure_stream(js, settings.stream_replicas)
-    ctx = ServiceContext(settings=settings, nc=nc, js=js)
+    ctx = ServiceContext(
+        settings=settings, nc=nc, js=js, keys=KeyStore.load(settings.api_keys_file)
+    )
+    if ctx.keys is None:
+        log.warning("EARMARK_API_KEYS_FILE is not set: calls are not authenticated")
     if use_blobs:
         ctx.blobs = open_blob_store(settings.blob_url, js, replicas=settings.stream_replicas)
     if use_database or migrations:

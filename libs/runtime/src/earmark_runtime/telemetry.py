@@ -75,7 +75,11 @@ def extract_context(headers: Mapping[str, str] | None) -> context.Context:
 
 
 class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Opens a CLIENT span per outgoing unary call and sends its context along."""
+    """Opens a CLIENT span per outgoing unary call and sends its context (and the
+    service's own API key, when it has one) along."""
+
+    def __init__(self, api_key: str = "") -> None:
+        self._api_key = api_key
 
     async def intercept_unary_unary(
         self,
@@ -88,6 +92,8 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[
         with tracer().start_as_current_span(name, kind=SpanKind.CLIENT):
             metadata = list(client_call_details.metadata or ())
             metadata.extend(inject_headers().items())
+            if self._api_key:
+                metadata.append(("x-api-key", self._api_key))
             details = grpc.aio.ClientCallDetails(
                 method=client_call_details.method,
                 timeout=client_call_details.timeout,
@@ -99,5 +105,5 @@ class _ClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[
             return await call
 
 
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    return [_ClientInterceptor()]
+def client_interceptors(api_key: str = "") -> list[grpc.aio.ClientInterceptor]:
+    return [_ClientInterceptor(api_key)]

@@ -416,6 +416,7 @@ async def run() -> None:
             servicer, server
         ),
         health_checks=checks,
+        keys=ctx.keys,
         background=[*ctx.background_jobs(), backfill],
         on_shutdown=shutdown,
     )

@@ -98,6 +98,7 @@ async def run() -> None:
             servicer, server
         ),
         health_checks=ctx.health_checks(),
+        keys=ctx.keys,
         background=ctx.background_jobs(),
         on_shutdown=ctx.close,
     )

@@ -354,6 +354,7 @@ async def run() -> None:
             servicer, server
         ),
         health_checks=ctx.health_checks(),
+        keys=ctx.keys,
         background=[*ctx.background_jobs(), tracker.republish_outbox],
         on_shutdown=ctx.close,
     )

@@ -80,6 +80,7 @@ async def run() -> None:
         full_service_names=[],
         register=lambda server: None,
         health_checks=ctx.health_checks(),
+        keys=ctx.keys,
         background=ctx.background_jobs(),
         on_shutdown=ctx.close,
     )

@@ -266,7 +266,9 @@ async def run() -> None:
     ctx = await start_context("search", migrations=[(SCHEMA, MIGRATIONS)])
     catalog = Catalog(ctx.db())
     channel = grpc.aio.insecure_channel(
-        ctx.settings.fingerprint_addr, options=grpc_options(), interceptors=client_interceptors()
+        ctx.settings.fingerprint_addr,
+        options=grpc_options(),
+        interceptors=client_interceptors(ctx.settings.api_key),
     )
     fingerprinter = fingerprint_pb2_grpc.FingerprintServiceStub(channel)
     indexer = Indexer(ctx, catalog)
@@ -303,6 +305,7 @@ async def run() -> None:
             servicer, server
         ),
         health_checks=ctx.health_checks(),
+        keys=ctx.keys,
         background=ctx.background_jobs(),
         on_shutdown=shutdown,
     )
