@@ -52,6 +52,9 @@ LEFT_TO_DEFAULTS = {
     "EARMARK_API_KEYS_FILE": "authentication is off by default; the chart does not template "
     "the keys Secret yet (set it with extraEnv and a Secret volume)",
     "EARMARK_API_KEY": "only needed with EARMARK_API_KEYS_FILE (extraEnv from a Secret)",
+    "EARMARK_TLS_CERT": "TLS is off by default; the chart does not mount certificate Secrets yet",
+    "EARMARK_TLS_KEY": "see EARMARK_TLS_CERT",
+    "EARMARK_TLS_CA": "see EARMARK_TLS_CERT",
     "EARMARK_HOME": "only the embedded stack uses it; the image sets a harmless default",
     "EARMARK_FFMPEG": "the ffmpeg inside the imageio-ffmpeg wheel is the right one",
     "EARMARK_MILVUS_TOKEN": "the in-cluster Milvus needs none; extraEnv for a secured one",

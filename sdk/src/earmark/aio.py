@@ -7,13 +7,10 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
-import grpc
-
 from earmark.v1 import ingest_pb2, ingest_pb2_grpc, search_pb2, search_pb2_grpc
 
 from . import _auth
 from ._requests import (
-    CHANNEL_OPTIONS,
     AudioSource,
     audio_input,
     read_audio,
@@ -36,8 +33,8 @@ class AsyncEarmark:
         api_key: str | None = None,
     ) -> None:
         ends = resolve(ingest=ingest, search=search)
-        self._ingest_channel = grpc.aio.insecure_channel(ends.ingest, options=CHANNEL_OPTIONS)
-        self._search_channel = grpc.aio.insecure_channel(ends.search, options=CHANNEL_OPTIONS)
+        self._ingest_channel = _auth.aio_channel(ends.ingest)
+        self._search_channel = _auth.aio_channel(ends.search)
         self._ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_channel)
         self._search = search_pb2_grpc.SearchServiceStub(self._search_channel)
         self._timeout = timeout_s

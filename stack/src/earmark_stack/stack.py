@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from earmark._auth import credentials
+
 from .processes import (
     StackError,
     ensure_database,
@@ -92,10 +94,14 @@ def _nats_config(home: Path, port: int, monitor_port: int) -> Path:
     return conf
 
 
-def wait_serving(addr: str, timeout_s: float, what: str, pid: int) -> None:
+def wait_serving(
+    addr: str, timeout_s: float, what: str, pid: int, env: dict[str, str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    with grpc.insecure_channel(addr) as channel:
+    creds = credentials(env or {})
+    channel = grpc.secure_channel(addr, creds) if creds else grpc.insecure_channel(addr)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if not pid_alive(pid):
@@ -195,7 +201,9 @@ def _start_services(
     _write_info(home, info)
     try:
         for name in SERVICES:
-            wait_serving(info.addr(name), timeout_s, name, int(info.services[name]["pid"]))
+            wait_serving(
+                info.addr(name), timeout_s, name, int(info.services[name]["pid"]), info.extra_env
+            )
             progress(f"{name} is SERVING")
     except StackError as exc:
         raise StackError(f"{exc}{_log_tails(home)}") from exc
@@ -219,7 +227,7 @@ def restart_service(home: Path, name: str, *, timeout_s: float = 60.0) -> StackI
     pid = _spawn_service(home, info, name)
     _write_info(home, info)
     try:
-        wait_serving(info.addr(name), timeout_s, name, pid)
+        wait_serving(info.addr(name), timeout_s, name, pid, info.extra_env)
     except StackError as exc:
         raise StackError(f"{exc}{_log_tails(home)}") from exc
     return info

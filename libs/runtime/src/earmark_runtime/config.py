@@ -56,6 +56,15 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
         "The key a service (or the CLI/SDK) sends on its own calls when authentication is on.",
     ),
     SettingDoc(
+        "EARMARK_TLS_CERT", "(empty: plaintext)", "PEM certificate this process serves with."
+    ),
+    SettingDoc("EARMARK_TLS_KEY", "", "PEM private key of EARMARK_TLS_CERT."),
+    SettingDoc(
+        "EARMARK_TLS_CA",
+        "",
+        "PEM CA of peers: servers then require client certificates (mTLS), clients verify.",
+    ),
+    SettingDoc(
         "EARMARK_INGEST_ROOT",
         "(empty: off)",
         "Folder ingest reads files from for earmark.ingest.requested events; empty turns it off.",
@@ -166,6 +175,9 @@ class Settings:
     ingest_root: str
     api_keys_file: str
     api_key: str
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
     music_check: bool
     max_clipping: float
     ffmpeg: str
@@ -233,6 +245,9 @@ def load_settings(service: str) -> Settings:
         ingest_root=_env("EARMARK_INGEST_ROOT", ""),
         api_keys_file=_env("EARMARK_API_KEYS_FILE", ""),
         api_key=_env("EARMARK_API_KEY", ""),
+        tls_cert=_env("EARMARK_TLS_CERT", ""),
+        tls_key=_env("EARMARK_TLS_KEY", ""),
+        tls_ca=_env("EARMARK_TLS_CA", ""),
         music_check=music_check == "on",
         max_clipping=_env_float("EARMARK_MAX_CLIPPING", 0.2),
         renditions=_env(

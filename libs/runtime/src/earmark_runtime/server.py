@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .auth import KeyStore
 from .interceptors import ServerInterceptor
+from .tls import TlsFiles, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ async def run_server(
     background: Iterable[Callable[[], Coroutine[Any, Any, None]]] = (),
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     keys: KeyStore | None = None,
+    tls: TlsFiles | None = None,
     grace_s: float = 5.0,
     probe_interval_s: float = 2.0,
 ) -> None:
@@ -95,7 +97,10 @@ async def run_server(
     )
     reporter = HealthReporter(health_servicer, names)
     await reporter.set(False)
-    port = server.add_insecure_port(bind)
+    if tls is not None and tls.serves_tls:
+        port = server.add_secure_port(bind, server_credentials(tls))
+    else:
+        port = server.add_insecure_port(bind)
     if port == 0:
         raise OSError(f"could not bind gRPC server to {bind}")
     await server.start()

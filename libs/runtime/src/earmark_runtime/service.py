@@ -19,6 +19,7 @@ from .blobs import BlobStore, open_blob_store
 from .config import Settings, load_settings
 from .logs import configure_logging
 from .telemetry import setup_tracing
+from .tls import TlsFiles, load_tls
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class ServiceContext:
     pool: AsyncConnectionPool | None = None
     consumers: list[bus.Consumer[Any]] = field(default_factory=list)
     keys: KeyStore | None = None
+    tls: TlsFiles | None = None
 
     def db(self) -> AsyncConnectionPool:
         if self.pool is None:
@@ -110,6 +112,7 @@ async def start_context(
     ctx = ServiceContext(
         settings=settings, nc=nc, js=js, keys=KeyStore.load(settings.api_keys_file)
     )
+    ctx.tls = load_tls(settings.tls_cert, settings.tls_key, settings.tls_ca)
     if ctx.keys is None:
         log.warning("EARMARK_API_KEYS_FILE is not set: calls are not authenticated")
     if use_blobs:
@@ -127,3 +130,15 @@ def abort_code(exc: Exception) -> grpc.StatusCode:
         code: grpc.StatusCode = exc.code()
         return code
     return grpc.StatusCode.UNAVAILABLE
+
+
+def dial(ctx: ServiceContext, addr: str, interceptors: list[Any]) -> grpc.aio.Channel:
+    """A channel to another Earmark service: mutual TLS when a CA is configured."""
+    from .server import grpc_options
+    from .tls import channel_credentials
+
+    if ctx.tls is not None and ctx.tls.ca is not None:
+        return grpc.aio.secure_channel(
+            addr, channel_credentials(ctx.tls), options=grpc_options(), interceptors=interceptors
+        )
+    return grpc.aio.insecure_channel(addr, options=grpc_options(), interceptors=interceptors)

@@ -417,6 +417,7 @@ async def run() -> None:
         ),
         health_checks=checks,
         keys=ctx.keys,
+        tls=ctx.tls,
         background=[*ctx.background_jobs(), backfill],
         on_shutdown=shutdown,
     )

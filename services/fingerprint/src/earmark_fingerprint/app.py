@@ -99,6 +99,7 @@ async def run() -> None:
         ),
         health_checks=ctx.health_checks(),
         keys=ctx.keys,
+        tls=ctx.tls,
         background=ctx.background_jobs(),
         on_shutdown=ctx.close,
     )

@@ -355,6 +355,7 @@ async def run() -> None:
         ),
         health_checks=ctx.health_checks(),
         keys=ctx.keys,
+        tls=ctx.tls,
         background=[*ctx.background_jobs(), tracker.republish_outbox],
         on_shutdown=ctx.close,
     )

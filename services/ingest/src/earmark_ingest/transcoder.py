@@ -81,6 +81,7 @@ async def run() -> None:
         register=lambda server: None,
         health_checks=ctx.health_checks(),
         keys=ctx.keys,
+        tls=ctx.tls,
         background=ctx.background_jobs(),
         on_shutdown=ctx.close,
     )

@@ -18,8 +18,8 @@ from earmark.v1 import (
     search_pb2_grpc,
 )
 from earmark_runtime import bus
-from earmark_runtime.server import grpc_options, run_server
-from earmark_runtime.service import ServiceContext, start_context
+from earmark_runtime.server import run_server
+from earmark_runtime.service import ServiceContext, dial, start_context
 from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
 from earmark_runtime.telemetry import client_interceptors
 
@@ -265,11 +265,7 @@ class Indexer:
 async def run() -> None:
     ctx = await start_context("search", migrations=[(SCHEMA, MIGRATIONS)])
     catalog = Catalog(ctx.db())
-    channel = grpc.aio.insecure_channel(
-        ctx.settings.fingerprint_addr,
-        options=grpc_options(),
-        interceptors=client_interceptors(ctx.settings.api_key),
-    )
+    channel = dial(ctx, ctx.settings.fingerprint_addr, client_interceptors(ctx.settings.api_key))
     fingerprinter = fingerprint_pb2_grpc.FingerprintServiceStub(channel)
     indexer = Indexer(ctx, catalog)
     ctx.consumers.append(
@@ -306,6 +302,7 @@ async def run() -> None:
         ),
         health_checks=ctx.health_checks(),
         keys=ctx.keys,
+        tls=ctx.tls,
         background=ctx.background_jobs(),
         on_shutdown=shutdown,
     )
