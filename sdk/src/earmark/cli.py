@@ -79,6 +79,45 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_urls() -> tuple[str, str]:
+    import os
+
+    from earmark_stack import read_info
+
+    info = read_info(earmark_home())
+    database = os.environ.get("EARMARK_DATABASE_URL") or (info.database_url if info else "")
+    nats_url = os.environ.get("EARMARK_NATS_URL") or (info.nats_url if info else "")
+    if not (database and nats_url):
+        raise SystemExit("earmark: no stack found; set EARMARK_DATABASE_URL and EARMARK_NATS_URL")
+    return database, nats_url
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from earmark_stack.backup import backup
+
+    def note(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    manifest = backup(*_stack_urls(), Path(args.folder), progress=note)
+    blobs = manifest["blobs"]
+    assert isinstance(blobs, dict)
+    print(f"backed up PostgreSQL and {len(blobs)} blobs to {args.folder}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from earmark_stack.backup import restore
+
+    def note(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    manifest = restore(*_stack_urls(), Path(args.folder), progress=note)
+    blobs = manifest["blobs"]
+    assert isinstance(blobs, dict)
+    print(f"restored PostgreSQL and {len(blobs)} blobs; restart features to rebuild its index")
+    return 0
+
+
 def _submission_rows(subs: Sequence[Submission]) -> list[tuple[object, ...]]:
     return [
         (
@@ -347,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("delete", cmd_delete, "delete tracks from the catalog")
     p.add_argument("track_ids", nargs="+")
     add_feature_commands(sub)
+    p = add("backup", cmd_backup, "copy the catalog (PostgreSQL and blobs) into a folder")
+    p.add_argument("folder")
+    p = add("restore", cmd_restore, "load a backup folder into the running stack")
+    p.add_argument("folder")
     p = add("keys-new", cmd_keys_new, "make an API key and its hashed entry for the keys file")
     p.add_argument("--name", required=True)
     p.add_argument("--role", required=True, choices=["identify", "ingest", "admin"])
