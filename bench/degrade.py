@@ -572,6 +572,27 @@ def _renamed(q: Query, query_id: str) -> Query:
 # ------------------------------------------------------------------------- CLI
 
 
+def select_query_tracks(
+    catalog: list[CorpusTrack], held_out: list[CorpusTrack], limit: int | None, seed: int
+) -> tuple[list[CorpusTrack], list[CorpusTrack]]:
+    """With `limit`, a random N catalog tracks and N/4 held-out ones to query.
+
+    Chosen after the split, so that a limit never moves a track to the other side;
+    a random subset rather than the first N, which would be one package.
+    """
+    if limit is None:
+        return catalog, held_out
+    rng = np.random.default_rng([seed, _stable_int("limit")])
+    q_cat = sorted(
+        (catalog[i] for i in rng.permutation(len(catalog))[:limit]), key=lambda t: t.track_id
+    )
+    n_neg = max(1, math.ceil(limit / 4))
+    q_held = sorted(
+        (held_out[i] for i in rng.permutation(len(held_out))[:n_neg]), key=lambda t: t.track_id
+    )
+    return q_cat, q_held
+
+
 def _track_row(t: CorpusTrack) -> dict[str, object]:
     return {
         "track_id": t.track_id,
@@ -641,18 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     tracks = list_corpus(args.corpus)
     # Split the full corpus so that --limit never changes which side a track is on.
     catalog, held_out = split_catalog(tracks, args.seed)
-    q_catalog, q_held = catalog, held_out
-    if args.limit is not None:
-        rng = np.random.default_rng([args.seed, _stable_int("limit")])
-        # A random subset rather than the first N, which would be one package.
-        q_catalog = sorted(
-            (catalog[i] for i in rng.permutation(len(catalog))[: args.limit]),
-            key=lambda t: t.track_id,
-        )
-        n_neg = max(1, math.ceil(args.limit / 4))
-        q_held = sorted(
-            (held_out[i] for i in rng.permutation(len(held_out))[:n_neg]), key=lambda t: t.track_id
-        )
+    q_catalog, q_held = select_query_tracks(catalog, held_out, args.limit, args.seed)
     conds = conditions_by_name(args.conditions)
     log(
         f"corpus: {len(tracks)} tracks -> catalog {len(catalog)}, held-out {len(held_out)}; "

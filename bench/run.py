@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import io
 import json
 import math
 import os
@@ -45,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -60,13 +58,14 @@ from bench.degrade import (
     DEFAULT_LENGTHS,
     DEFAULT_SR,
     Query,
-    _stable_int,
     build_queries,
     conditions_by_name,
     default_conditions,
     ffmpeg_filters,
+    select_query_tracks,
     split_catalog,
 )
+from bench.synthetic import wav_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -76,18 +75,6 @@ SPLIT_LENGTH_S = 5.0
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def wav_bytes(samples: np.ndarray, sr: int) -> bytes:
-    """16-bit PCM mono WAV: the format the server reads without ffmpeg."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------ ingest
@@ -424,23 +411,6 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------------- main
-
-
-def select_query_tracks(
-    catalog: list[CorpusTrack], held_out: list[CorpusTrack], limit: int | None, seed: int
-) -> tuple[list[CorpusTrack], list[CorpusTrack]]:
-    """--limit as in `python -m bench.degrade`: N catalog tracks and N/4 held-out ones."""
-    if limit is None:
-        return catalog, held_out
-    rng = np.random.default_rng([seed, _stable_int("limit")])
-    q_cat = sorted(
-        (catalog[i] for i in rng.permutation(len(catalog))[:limit]), key=lambda t: t.track_id
-    )
-    n_neg = max(1, math.ceil(limit / 4))
-    q_held = sorted(
-        (held_out[i] for i in rng.permutation(len(held_out))[:n_neg]), key=lambda t: t.track_id
-    )
-    return q_cat, q_held
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -58,7 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     home = earmark_home()
     try:
-        info = up(home, progress=lambda m: print(m, file=sys.stderr))
+        info = up(home, progress=_note)
     except StackError as exc:
         print(f"earmark up failed: {exc}", file=sys.stderr)
         return 1
@@ -74,7 +74,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     except ImportError:
         print("earmark down needs the embedded stack: pip install earmark-stack", file=sys.stderr)
         return 2
-    if not down(earmark_home(), progress=lambda m: print(m, file=sys.stderr)):
+    if not down(earmark_home(), progress=_note):
         print("no stack running under", earmark_home(), file=sys.stderr)
     return 0
 
@@ -92,29 +92,24 @@ def _stack_urls() -> tuple[str, str]:
     return database, nats_url
 
 
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from earmark_stack.backup import backup
 
-    def note(message: str) -> None:
-        print(message, file=sys.stderr)
-
-    manifest = backup(*_stack_urls(), Path(args.folder), progress=note)
-    blobs = manifest["blobs"]
-    assert isinstance(blobs, dict)
-    print(f"backed up PostgreSQL and {len(blobs)} blobs to {args.folder}")
+    manifest = backup(*_stack_urls(), Path(args.folder), progress=_note)
+    print(f"backed up PostgreSQL and {len(manifest['blobs'])} blobs to {args.folder}")
     return 0
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from earmark_stack.backup import restore
 
-    def note(message: str) -> None:
-        print(message, file=sys.stderr)
-
-    manifest = restore(*_stack_urls(), Path(args.folder), progress=note)
-    blobs = manifest["blobs"]
-    assert isinstance(blobs, dict)
-    print(f"restored PostgreSQL and {len(blobs)} blobs; restart features to rebuild its index")
+    manifest = restore(*_stack_urls(), Path(args.folder), progress=_note)
+    blobs = len(manifest["blobs"])
+    print(f"restored PostgreSQL and {blobs} blobs; restart features to rebuild its index")
     return 0
 
 

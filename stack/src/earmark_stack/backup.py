@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 
@@ -67,7 +68,7 @@ async def _load_blobs(nats_url: str, root: Path, digests: dict[str, str]) -> Non
 
 def backup(
     database_url: str, nats_url: str, out: Path, progress: Callable[[str], None] = print
-) -> dict[str, object]:
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     progress("dumping PostgreSQL")
     args = [str(postgres_bin_dir() / "pg_dump"), "--format=custom", "-f", str(out / "db.dump")]
@@ -77,7 +78,7 @@ def backup(
         raise StackError(f"pg_dump failed: {result.stderr.strip()[-500:]}")
     progress("copying blobs")
     digests = asyncio.run(_dump_blobs(nats_url, out, progress))
-    manifest: dict[str, object] = {
+    manifest: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "schemas": list(SCHEMAS),
         "blobs": digests,
@@ -88,7 +89,7 @@ def backup(
 
 def restore(
     database_url: str, nats_url: str, src: Path, progress: Callable[[str], None] = print
-) -> dict[str, object]:
+) -> dict[str, Any]:
     manifest = json.loads((src / "manifest.json").read_text())
     progress("restoring PostgreSQL")
     result = subprocess.run(

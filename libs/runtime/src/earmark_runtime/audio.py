@@ -89,6 +89,24 @@ def _decode_pcm_wav(
     return DecodedAudio(samples=samples, sample_rate_hz=sample_rate_hz, container="wav")
 
 
+async def run_ffmpeg(args: list[str], data: bytes, *, timeout_s: float) -> tuple[int, bytes, str]:
+    """Run ffmpeg on `data` (stdin); (exit code, stdout, stderr). Raises TimeoutError
+    after killing it when it outlives `timeout_s`."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(data), timeout=timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out, err.decode("utf-8", "replace")
+
+
 async def decode_audio(
     data: bytes,
     *,
@@ -127,26 +145,17 @@ async def decode_audio(
         # Decode one second past the limit, so that "too long" is detectable.
         args += ["-t", f"{max_seconds + 1.0:.3f}"]
     args.append("pipe:1")
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(data), timeout=timeout_s)
+        returncode, out, stderr = await run_ffmpeg(args, data, timeout_s=timeout_s)
     except TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
         raise AudioDecodeError(f"decoding took longer than {timeout_s:.0f} s") from exc
-    stderr = err.decode("utf-8", "replace")
     match = _INPUT_RE.search(stderr)
     container = match.group(1).split(",")[0] if match else ""
     if container in _REFERENCING_DEMUXERS:
         raise AudioDecodeError(f"{container} files reference other media and are refused")
     if container in _NON_AUDIO_DEMUXERS:
         raise AudioDecodeError(f"the file is an image ({container}), not audio")
-    if proc.returncode != 0:
+    if returncode != 0:
         if "matches no streams" in stderr:
             raise AudioDecodeError("the file has no audio stream")
         raise AudioDecodeError(f"not decodable as audio: {_last_error_line(stderr)}")

@@ -32,7 +32,6 @@ class BlobStore(Protocol):
     async def get(self, key: str) -> bytes: ...
     async def delete(self, key: str) -> None: ...
     async def exists(self, key: str) -> bool: ...
-    async def keys(self) -> list[str]: ...
 
 
 def _check_key(key: str) -> None:
@@ -78,13 +77,6 @@ class DirectoryBlobStore:
 
     async def exists(self, key: str) -> bool:
         return self._path(key).is_file()
-
-    async def keys(self) -> list[str]:
-        return sorted(
-            str(p.relative_to(self._root))
-            for p in self._root.rglob("*")
-            if p.is_file() and not p.name.startswith(".tmp-")
-        )
 
 
 class NatsObjectBlobStore:
@@ -132,14 +124,6 @@ class NatsObjectBlobStore:
         except (ObjectNotFoundError, NotFoundError):
             return False
         return not getattr(info, "deleted", False)
-
-    async def keys(self) -> list[str]:
-        store = await self._obj()
-        try:
-            infos = await store.list()
-        except NotFoundError:
-            return []
-        return sorted(i.name for i in infos if not getattr(i, "deleted", False))
 
 
 def open_blob_store(url: str, js: JetStreamContext | None, replicas: int = 1) -> BlobStore:

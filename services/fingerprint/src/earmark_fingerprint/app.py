@@ -31,7 +31,11 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
         settings = self._ctx.settings
         try:
             samples = await samples_of(
-                request.audio, ffmpeg=settings.ffmpeg, max_seconds=settings.max_duration_s
+                request.audio,
+                ffmpeg=settings.ffmpeg,
+                max_seconds=min(
+                    request.max_duration_s or settings.max_duration_s, settings.max_duration_s
+                ),
             )
         except AudioDecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))

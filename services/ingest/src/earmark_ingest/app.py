@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,13 @@ import grpc
 from earmark.v1 import common_pb2, events_pb2, ingest_pb2, ingest_pb2_grpc
 from earmark_runtime import bus
 from earmark_runtime.blobs import BlobNotFoundError
+from earmark_runtime.ids import is_uuid, require_uuid
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
 from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
 
 from .intake import RefusedError, accept
-from .renditions import find_spec, parse_specs
+from .renditions import RenditionSpec, find_spec, parse_specs
 from .schema import MIGRATIONS, SCHEMA
 from .submissions import FINGERPRINTED, INDEXED, Submissions
 from .validation import Refusal
@@ -79,11 +79,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def GetSubmission(
         self, request: ingest_pb2.GetSubmissionRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.GetSubmissionResponse:
-        if not _is_uuid(request.submission_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"submission_id {request.submission_id!r} is not a UUID",
-            )
+        await require_uuid(context, "submission_id", request.submission_id)
         found = await self._subs.get_many([request.submission_id])
         if not found:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no submission {request.submission_id}")
@@ -98,7 +94,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"at most {MAX_BATCH_IDS} ids per call, got {len(ids)}",
             )
-        bad = [i for i in ids if not _is_uuid(i)]
+        bad = [i for i in ids if not is_uuid(i)]
         if bad:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"not UUIDs: {', '.join(bad[:5])}"
@@ -108,11 +104,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def WatchSubmission(
         self, request: ingest_pb2.WatchSubmissionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ingest_pb2.WatchSubmissionResponse]:
-        if not _is_uuid(request.submission_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"submission_id {request.submission_id!r} is not a UUID",
-            )
+        await require_uuid(context, "submission_id", request.submission_id)
         last: bytes = b""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WATCH_LIMIT_S
@@ -156,10 +148,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def Download(
         self, request: ingest_pb2.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ingest_pb2.DownloadResponse]:
-        if not _is_uuid(request.track_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID"
-            )
+        await require_uuid(context, "track_id", request.track_id)
         found = await self._subs.get_many([request.track_id])
         if not found or found[0].state != INDEXED:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
@@ -247,14 +236,6 @@ class BulkIntake:
             )  # fmt: skip
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 class StatusTracker:
     """Moves submissions through their states as the other services report."""
 
@@ -274,10 +255,15 @@ class StatusTracker:
         await self._subs.mark_stage(event.submission_id, "analysed", d.published_at)
 
     async def on_transcoded(self, event: events_pb2.RenditionsReady, d: bus.Delivery) -> None:
+        keys = [
+            RenditionSpec(r.name, r.format, r.bitrate_kbps).blob_key(event.track_id)
+            for r in event.renditions
+        ]
+        await self._subs.record_renditions(event.track_id, keys)
         await self._subs.mark_stage(event.track_id, "transcoded", d.published_at)
 
     async def on_rejected(self, event: events_pb2.SubmissionRejected, _d: bus.Delivery) -> None:
-        if not _is_uuid(event.submission_id):
+        if not is_uuid(event.submission_id):
             raise bus.PermanentError(f"bad submission id {event.submission_id!r}")
         await self._subs.reject(event.submission_id, event.rejection)
         blob_key = await self._subs.blob_key_of(event.submission_id)
@@ -288,9 +274,14 @@ class StatusTracker:
     async def on_deleted(self, event: events_pb2.TrackDeleted, _d: bus.Delivery) -> None:
         """A deleted track keeps no blobs: renditions, and the source unless shared."""
         store = self._ctx.blob_store()
-        for key in await store.keys():
-            if key.startswith(f"renditions/{event.track_id}/"):
-                await store.delete(key)
+        # The keys recorded when the renditions were announced, and those the current
+        # settings would make, in case the transcoder has not reported yet.
+        recorded = await self._subs.rendition_keys(event.track_id)
+        current = [
+            spec.blob_key(event.track_id) for spec in parse_specs(self._ctx.settings.renditions)
+        ]
+        for key in sorted({*recorded, *current}):
+            await store.delete(key)
         blob_key = await self._subs.blob_key_of(event.track_id)
         await self._subs.mark_deleted(event.track_id)
         if blob_key and not await self._subs.blob_still_needed(blob_key, event.track_id):

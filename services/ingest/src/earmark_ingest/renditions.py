@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from earmark_runtime.audio import default_ffmpeg
+from earmark_runtime.audio import default_ffmpeg, run_ffmpeg
 
 # format -> (file extension, ffmpeg encoder, muxer)
 FORMATS: dict[str, tuple[str, str, str]] = {
@@ -70,7 +69,7 @@ async def transcode(source: bytes, spec: RenditionSpec, *, timeout_s: float = 60
     _ext, codec, muxer = FORMATS[spec.format]
     with tempfile.TemporaryDirectory(prefix="earmark-rendition-") as tmp:
         out = Path(tmp) / f"out.{spec.extension}"
-        proc = await asyncio.create_subprocess_exec(
+        args = [
             default_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error",
             "-protocol_whitelist", "pipe",
             "-i", "pipe:0", "-map", "0:a:0", "-vn", "-sn", "-dn",
@@ -79,16 +78,11 @@ async def transcode(source: bytes, spec: RenditionSpec, *, timeout_s: float = 60
             # moov atom first, so players and our own decoder can stream it
             *(["-movflags", "+faststart"] if spec.format == "m4a" else []),
             "-f", muxer, str(out),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        ]  # fmt: skip
         try:
-            _, err = await asyncio.wait_for(proc.communicate(source), timeout=timeout_s)
+            returncode, _, err = await run_ffmpeg(args, source, timeout_s=timeout_s)
         except TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
             raise RenditionError(f"{spec.name}: transcoding took over {timeout_s:.0f} s") from exc
-        if proc.returncode != 0 or not out.exists():
-            raise RenditionError(f"{spec.name}: {err.decode(errors='replace').strip()[-300:]}")
+        if returncode != 0 or not out.exists():
+            raise RenditionError(f"{spec.name}: {err.strip()[-300:]}")
         return out.read_bytes()

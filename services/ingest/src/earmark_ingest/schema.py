@@ -54,4 +54,8 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE submissions ADD COLUMN stages jsonb NOT NULL DEFAULT '{}';
     UPDATE submissions SET stages = jsonb_build_object('validated', created_at);
     """,
+    # Blob keys of a track's renditions, so deleting it needs no listing of the store.
+    """
+    ALTER TABLE submissions ADD COLUMN rendition_keys text[] NOT NULL DEFAULT '{}';
+    """,
 )

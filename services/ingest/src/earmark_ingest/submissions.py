@@ -292,6 +292,23 @@ class Submissions:
             )
             return await cur.fetchone() is not None
 
+    async def record_renditions(self, submission_id: str, keys: list[str]) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                f"UPDATE {SCHEMA}.submissions SET rendition_keys = %s "  # noqa: S608
+                "WHERE submission_id = %s",
+                (keys, submission_id),
+            )
+
+    async def rendition_keys(self, submission_id: str) -> list[str]:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT rendition_keys FROM {SCHEMA}.submissions WHERE submission_id = %s",  # noqa: S608
+                (submission_id,),
+            )
+            row = await cur.fetchone()
+        return list(row[0]) if row else []
+
     async def blob_key_of(self, submission_id: str) -> str:
         async with self._pool.connection() as conn:
             cur = await conn.execute(

@@ -18,12 +18,13 @@ from earmark.v1 import (
     search_pb2_grpc,
 )
 from earmark_runtime import bus
+from earmark_runtime.ids import is_uuid, require_uuid
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, dial, start_context
 from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
 from earmark_runtime.telemetry import client_interceptors
 
-from .catalog import Catalog, is_uuid
+from .catalog import Catalog
 from .duplicates import find_duplicate
 from .identify import identify, scan_recording
 from .schema import MIGRATIONS, SCHEMA
@@ -60,14 +61,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "no audio given: the clip is empty"
             )
         started = time.perf_counter()
-        landmarks = await self._extract(audio, context)
+        # fingerprint stops decoding at the clip limit and refuses longer clips.
+        landmarks = await self._extract(audio, context, self._ctx.settings.max_clip_s)
         extracted_at = time.perf_counter()
-        if landmarks.duration_s > self._ctx.settings.max_clip_s:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"clip is {landmarks.duration_s:.1f} s; identify takes at most "
-                f"{self._ctx.settings.max_clip_s:.0f} s",
-            )
         try:
             response = await identify(self._catalog, landmarks, max(1, request.max_matches))
             response.timings.extract_ms = (extracted_at - started) * 1000
@@ -78,12 +74,17 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         raise AssertionError("unreachable")
 
     async def _extract(
-        self, audio: common_pb2.AudioInput, context: grpc.aio.ServicerContext
+        self,
+        audio: common_pb2.AudioInput,
+        context: grpc.aio.ServicerContext,
+        max_duration_s: float = 0.0,
     ) -> common_pb2.LandmarkFingerprint:
         try:
             extracted = await self._fingerprinter.ExtractFingerprint(
                 fingerprint_pb2.ExtractFingerprintRequest(
-                    audio=audio, purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY
+                    audio=audio,
+                    purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
+                    max_duration_s=max_duration_s,
                 ),
                 timeout=300,
             )
@@ -130,10 +131,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def GetTrack(
         self, request: search_pb2.GetTrackRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.GetTrackResponse:
-        if not is_uuid(request.track_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID"
-            )
+        await require_uuid(context, "track_id", request.track_id)
         track = await self._catalog.get_track(request.track_id)
         if track is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
@@ -159,10 +157,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def DeleteTrack(
         self, request: search_pb2.DeleteTrackRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.DeleteTrackResponse:
-        if not is_uuid(request.track_id):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"track_id {request.track_id!r} is not a UUID"
-            )
+        await require_uuid(context, "track_id", request.track_id)
         if not await self._catalog.delete_track(request.track_id):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
         await bus.publish(

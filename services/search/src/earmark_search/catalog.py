@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -305,11 +304,3 @@ class Catalog:
             await self._drop_landmarks(conn, int(row[0]))
             await conn.execute(f"DELETE FROM {SCHEMA}.tracks WHERE track_key = %s", (row[0],))  # noqa: S608
         return True
-
-
-def is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
