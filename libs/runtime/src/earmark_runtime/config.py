@@ -27,7 +27,7 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc("EARMARK_HOME", "~/.earmark", "State of the embedded stack: data, logs, ports."),
     SettingDoc("EARMARK_GRPC_HOST", "0.0.0.0", "Address the service's gRPC server binds."),  # noqa: S104
     SettingDoc(
-        "EARMARK_GRPC_PORT", "per service: 50051-50055", "Port of the service's gRPC server."
+        "EARMARK_GRPC_PORT", "per service: 50051-50056", "Port of the service's gRPC server."
     ),
     SettingDoc("EARMARK_NATS_URL", "nats://127.0.0.1:4222", "NATS server with JetStream."),
     SettingDoc(
@@ -41,10 +41,31 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
         "Blob store: nats://BUCKET (JetStream object store) or file:///DIR.",
     ),
     SettingDoc("EARMARK_FINGERPRINT_ADDR", "127.0.0.1:50052", "Where search reaches fingerprint."),
+    SettingDoc("EARMARK_SEARCH_ADDR", "127.0.0.1:50053", "Where monitor reaches search."),
     SettingDoc("EARMARK_MAX_UPLOAD_BYTES", "268435456", "Largest accepted upload (256 MiB)."),
     SettingDoc("EARMARK_MAX_DURATION_S", "7200", "Longest accepted track, seconds."),
     SettingDoc("EARMARK_MIN_DURATION_S", "3", "Shortest accepted track, seconds."),
     SettingDoc("EARMARK_MAX_CLIP_S", "60", "Longest clip identify takes, seconds."),
+    SettingDoc(
+        "EARMARK_MAX_MONITOR_S",
+        "86400",
+        "Longest one Monitor call may run, seconds of audio; the client then reconnects.",
+    ),
+    SettingDoc(
+        "EARMARK_MONITOR_STREAMS",
+        "8",
+        "Registered streams one monitor replica watches at once.",
+    ),
+    SettingDoc(
+        "EARMARK_MAX_INFLIGHT",
+        "64",
+        "Calls a server works on at once; more are refused with RESOURCE_EXHAUSTED.",
+    ),
+    SettingDoc(
+        "EARMARK_FFMPEG_MEMORY_MB",
+        "1024",
+        "Address-space limit of each ffmpeg child, MiB; 0 for none.",
+    ),
     SettingDoc(
         "EARMARK_API_KEYS_FILE",
         "(empty: no authentication)",
@@ -163,10 +184,15 @@ class Settings:
     database_url: str
     blob_url: str
     fingerprint_addr: str
+    search_addr: str
     max_upload_bytes: int
     max_duration_s: float
     min_duration_s: float
     max_clip_s: float
+    max_monitor_s: float
+    monitor_streams: int
+    max_inflight: int
+    ffmpeg_memory_mb: int
     workers: int
     stream_replicas: int
     duplicates: str
@@ -197,6 +223,7 @@ DEFAULT_PORTS: Final[dict[str, int]] = {
     "search": 50053,
     "features": 50054,
     "transcoder": 50055,
+    "monitor": 50056,
 }
 
 
@@ -234,10 +261,15 @@ def load_settings(service: str) -> Settings:
         database_url=_env("EARMARK_DATABASE_URL", "postgresql://earmark@127.0.0.1:5432/earmark"),
         blob_url=blob_url,
         fingerprint_addr=_env("EARMARK_FINGERPRINT_ADDR", "127.0.0.1:50052"),
+        search_addr=_env("EARMARK_SEARCH_ADDR", "127.0.0.1:50053"),
         max_upload_bytes=_env_int("EARMARK_MAX_UPLOAD_BYTES", 256 * 1024 * 1024, minimum=1),
         max_duration_s=_env_float("EARMARK_MAX_DURATION_S", 7200.0, minimum=1.0),
         min_duration_s=_env_float("EARMARK_MIN_DURATION_S", 3.0),
         max_clip_s=_env_float("EARMARK_MAX_CLIP_S", 60.0, minimum=1.0),
+        max_monitor_s=_env_float("EARMARK_MAX_MONITOR_S", 86400.0, minimum=1.0),
+        monitor_streams=_env_int("EARMARK_MONITOR_STREAMS", 8, minimum=1),
+        max_inflight=_env_int("EARMARK_MAX_INFLIGHT", 64, minimum=1),
+        ffmpeg_memory_mb=_env_int("EARMARK_FFMPEG_MEMORY_MB", 1024),
         workers=_env_int("EARMARK_WORKERS", 2, minimum=1),
         stream_replicas=_env_int("EARMARK_STREAM_REPLICAS", 1, minimum=1),
         duplicates=duplicates,
