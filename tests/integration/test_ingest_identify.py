@@ -186,3 +186,27 @@ def test_scan_reports_every_track_of_a_mix_in_order(
 
 def test_scan_of_unknown_music_reports_nothing(client: Earmark, catalog: dict[int, str]) -> None:
     assert client.scan(wav_bytes(song(4242, seconds=30))) == []
+
+
+def test_identifies_a_sped_up_clip_and_reports_its_scale(
+    stack: StackInfo, catalog: dict[int, str]
+) -> None:
+    """Radio plays tracks ~3 % fast: the plain landmarks miss, the rescue finds it."""
+    from scipy import signal
+
+    from earmark.v1 import common_pb2, search_pb2, search_pb2_grpc
+
+    original = song(2, seconds=20)[int(4.0 * SR) : int(10.5 * SR)]
+    sped_up = signal.resample(original, round(original.size / 1.03)).astype(np.float32)
+    with grpc.insecure_channel(stack.addr("search")) as channel:
+        reply = search_pb2_grpc.SearchServiceStub(channel).Identify(
+            search_pb2.IdentifyRequest(
+                audio=common_pb2.AudioInput(encoded=wav_bytes(sped_up[: 6 * SR]))
+            ),
+            timeout=30,
+        )
+    assert reply.matches, "sped-up clip not identified"
+    assert reply.matches[0].track.track_id == catalog[2]
+    assert abs(np.log(reply.matches[0].frequency_scale / 1.03)) <= np.log(1.01)
+    assert reply.timings.rescue_ms > 0
+    assert reply.matches[0].offset_s == pytest.approx(4.0, abs=0.5)

@@ -91,6 +91,15 @@ def extract_landmarks(samples: npt.ArrayLike) -> Landmarks:
     Output is sorted by (time, anchor bin, target time, target bin). Inputs too
     short for one frame, silent or below ``FLOOR_DB`` yield empty arrays.
     """
+    x = _validated_samples(samples)
+    duration_s = x.size / SAMPLE_RATE_HZ
+
+    t, t_frac, f = _find_peaks(x)
+    hashes, times = _pair_peaks(t, t_frac, f)
+    return Landmarks(hashes=hashes, times=times, frame_rate_hz=FRAME_RATE_HZ, duration_s=duration_s)
+
+
+def _validated_samples(samples: npt.ArrayLike) -> npt.NDArray[np.float32]:
     x = np.asarray(samples)
     if x.ndim != 1:
         raise ValueError(f"expected mono 1-D samples, got shape {x.shape}")
@@ -99,11 +108,7 @@ def extract_landmarks(samples: npt.ArrayLike) -> Landmarks:
     x = x.astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise ValueError("samples contain NaN or infinite values")
-    duration_s = x.size / SAMPLE_RATE_HZ
-
-    t, t_frac, f = _find_peaks(x)
-    hashes, times = _pair_peaks(t, t_frac, f)
-    return Landmarks(hashes=hashes, times=times, frame_rate_hz=FRAME_RATE_HZ, duration_s=duration_s)
+    return x
 
 
 def _log_spectrogram(
@@ -123,7 +128,18 @@ def _find_peaks(
     x: npt.NDArray[np.float32],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """Peaks as (frame, sub-frame time, absolute bin), sorted by (frame, bin)."""
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int64))
+    t, t_frac, f, _ = _find_peaks_subbin(x)
+    return t, t_frac, f
+
+
+def _find_peaks_subbin(
+    x: npt.NDArray[np.float32],
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]
+]:
+    """`_find_peaks` plus each peak's frequency in bins refined to sub-bin precision."""
+    empty_f = np.zeros(0, np.float64)
+    empty = (np.zeros(0, np.int64), empty_f, np.zeros(0, np.int64), empty_f)
     if x.size < N_FFT:
         return empty
     db, audible = _log_spectrogram(x)
@@ -137,7 +153,38 @@ def _find_peaks(
     prom = prominence[t, b]
     keep = _thin_to_density(t, prom)
     t, b = t[keep], b[keep]
-    return t.astype(np.int64), _subframe_time(db, t, b), b.astype(np.int64) + MIN_BIN
+    return (
+        t.astype(np.int64),
+        _subframe_time(db, t, b),
+        b.astype(np.int64) + MIN_BIN,
+        _subbin_frequency(db, t, b) + MIN_BIN,
+    )
+
+
+def _parabola_vertex(
+    before: npt.NDArray[np.float64], centre: npt.NDArray[np.float64], after: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """Offset in [-0.5, 0.5] of the vertex of the parabola through three samples."""
+    curvature = before - 2.0 * centre + after
+    safe = np.where(curvature < 0.0, curvature, -1.0)
+    delta = np.where(curvature < 0.0, 0.5 * (before - after) / safe, 0.0)
+    return np.clip(delta, -0.5, 0.5)
+
+
+def _subbin_frequency(
+    db: npt.NDArray[np.float32], t: npt.NDArray[np.intp], b: npt.NDArray[np.intp]
+) -> npt.NDArray[np.float64]:
+    """Peak frequency in bins (relative to MIN_BIN), refined like `_subframe_time`.
+
+    Only rescaled queries use it: dividing a peak's frequency by a scale factor
+    and rounding lands on the reference's bin far more often from the true
+    (interpolated) frequency than from the integer bin.
+    """
+    last = db.shape[1] - 1
+    centre = db[t, b].astype(np.float64)
+    below = db[t, np.maximum(b - 1, 0)].astype(np.float64)
+    above = db[t, np.minimum(b + 1, last)].astype(np.float64)
+    return b + _parabola_vertex(below, centre, above)
 
 
 def _subframe_time(
@@ -155,10 +202,7 @@ def _subframe_time(
     centre = db[t, b].astype(np.float64)
     before = db[np.maximum(t - 1, 0), b].astype(np.float64)
     after = db[np.minimum(t + 1, last), b].astype(np.float64)
-    curvature = before - 2.0 * centre + after
-    safe = np.where(curvature < 0.0, curvature, -1.0)
-    delta = np.where(curvature < 0.0, 0.5 * (before - after) / safe, 0.0)
-    frac: npt.NDArray[np.float64] = t + np.clip(delta, -0.5, 0.5)
+    frac: npt.NDArray[np.float64] = t + _parabola_vertex(before, centre, after)
     return frac
 
 
@@ -251,3 +295,59 @@ def extract_query_landmarks(samples: npt.ArrayLike, shifts: int = 4) -> Landmark
         frame_rate_hz=base.frame_rate_hz,
         duration_s=base.duration_s,
     )
+
+
+# Frequency scales tried for a clip that matches nothing as it is: played faster
+# or slower (radio, DJ pitch control: +-2-6 %) or pitch-shifted by up to a
+# semitone (5.9 %). A clip whose peaks are divided by the right scale hashes like
+# the reference again; hashes survive up to ~0.5 % of scale error (measured in
+# docs/landmarks.md), hence 1 % steps. Time is not rescaled: pairs span < 2 s,
+# where 6 % of tempo moves dt by less than the rounding already absorbs.
+RESCALE_STEP: Final = 1.01
+RESCALE_STEPS: Final = 6
+RESCALE_FACTORS: Final[tuple[float, ...]] = tuple(
+    RESCALE_STEP**k for k in range(-RESCALE_STEPS, RESCALE_STEPS + 1) if k
+)
+
+
+def extract_rescaled_query_landmarks(
+    samples: npt.ArrayLike, scales: tuple[float, ...] = RESCALE_FACTORS, shifts: int = 2
+) -> list[Landmarks]:
+    """Landmarks of a query clip as if its frequencies were divided by each scale.
+
+    Peaks are found once per sub-hop shift; only pairing and hashing are
+    repeated per scale, on the peaks' interpolated frequencies divided by the
+    scale. Frame times are the clip's own, so offsets mean what they always do.
+    """
+    if shifts < 1 or shifts > HOP:
+        raise ValueError(f"shifts must be in 1..{HOP}, got {shifts}")
+    if any(not (0.5 < s < 2.0) for s in scales):
+        raise ValueError(f"scales must lie in (0.5, 2), got {scales}")
+    x = _validated_samples(samples)
+    duration_s = x.size / SAMPLE_RATE_HZ
+    peaks = []
+    for k in range(shifts):
+        skip = k * HOP // shifts
+        t, t_frac, _bins, freq = _find_peaks_subbin(x[skip:])
+        peaks.append((t, t_frac, freq, skip / HOP))
+    out = []
+    for scale in scales:
+        hashes, times = [], []
+        for t, t_frac, freq, frame_shift in peaks:
+            bins = np.rint(freq / scale).astype(np.int64)
+            h, tt = _pair_peaks(t, t_frac, bins)
+            hashes.append(h)
+            times.append(np.rint(tt + frame_shift).astype(np.uint32))
+        packed = np.unique(
+            (np.concatenate(hashes).astype(np.uint64) << np.uint64(32))
+            | np.concatenate(times).astype(np.uint64)
+        )
+        out.append(
+            Landmarks(
+                hashes=(packed >> np.uint64(32)).astype(np.uint32),
+                times=(packed & np.uint64(0xFFFFFFFF)).astype(np.uint32),
+                frame_rate_hz=FRAME_RATE_HZ,
+                duration_s=duration_s,
+            )
+        )
+    return out

@@ -4,21 +4,57 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 
 from earmark.v1 import common_pb2, search_pb2
 
 from .catalog import Catalog
-from .matching import MatchCandidate, rank_matches
+from .matching import DEFAULT_MIN_ALIGNED, DEFAULT_MIN_RATIO, MatchCandidate, rank_matches
 from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
+
+# A clip that matches nothing as it is gets a second chance at a dozen frequency
+# scales (sped up, slowed down, pitch-shifted). Each scale is another chance for
+# a chance alignment to pass, so the rescue asks for more evidence than a plain
+# match; with these values no held-out clip matched in docs/landmarks.md.
+RESCUE_MIN_ALIGNED: Final = 15
+RESCUE_MIN_RATIO: Final = 2.5
+# Clips with fewer landmarks than this cannot reach RESCUE_MIN_ALIGNED anyway.
+RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
+
+
+@dataclass(frozen=True)
+class ScaledQuery:
+    """A clip's landmarks as if its frequencies were divided by `frequency_scale`."""
+
+    frequency_scale: float
+    hashes: np.ndarray
+    times: np.ndarray
+
+
+RescaledLandmarks = Callable[[], Awaitable[Sequence[ScaledQuery]]]
 
 
 def _confident_matches(
-    hashes: np.ndarray, times: np.ndarray, postings: Postings, max_matches: int
+    hashes: np.ndarray,
+    times: np.ndarray,
+    postings: Postings,
+    max_matches: int,
+    min_aligned: int = DEFAULT_MIN_ALIGNED,
+    min_ratio: float = DEFAULT_MIN_RATIO,
 ) -> list[MatchCandidate]:
     """Ranked matches whose votes come from enough distinct moments of the clip."""
-    ranked = rank_matches(hashes, times, *postings, max_matches=max_matches)
+    ranked = rank_matches(
+        hashes,
+        times,
+        *postings,
+        max_matches=max_matches,
+        min_aligned=min_aligned,
+        min_ratio=min_ratio,
+    )
     q_hashes, q_times = hashes.astype(np.int64), times.astype(np.int64)
     return [
         m
@@ -28,9 +64,37 @@ def _confident_matches(
     ]
 
 
+def best_rescaled_matches(
+    queries: Sequence[ScaledQuery], postings: Postings, max_matches: int
+) -> tuple[float, list[MatchCandidate]]:
+    """The scale whose landmarks align best, and its matches; (1.0, []) if none passes.
+
+    `postings` holds the catalog rows of every scale's hashes (one lookup for
+    all); rows of other scales' hashes never join, so each scale is judged on
+    its own votes, with the rescue's stricter thresholds.
+    """
+    best: tuple[float, list[MatchCandidate]] = (1.0, [])
+    for query in queries:
+        ranked = _confident_matches(
+            query.hashes.astype(np.int64),
+            query.times.astype(np.int64),
+            postings,
+            max_matches,
+            RESCUE_MIN_ALIGNED,
+            RESCUE_MIN_RATIO,
+        )
+        if ranked and (not best[1] or ranked[0].score > best[1][0].score):
+            best = (query.frequency_scale, ranked)
+    return best
+
+
 async def identify(
-    catalog: Catalog, landmarks: common_pb2.LandmarkFingerprint, max_matches: int
+    catalog: Catalog,
+    landmarks: common_pb2.LandmarkFingerprint,
+    max_matches: int,
+    rescaled: RescaledLandmarks | None = None,
 ) -> search_pb2.IdentifyResponse:
+    """Match a clip; when nothing matches and `rescaled` is given, try other speeds."""
     hashes = np.frombuffer(landmarks.hashes, dtype="<u4")
     times = np.frombuffer(landmarks.times, dtype="<u4").astype(np.int64)
     response = search_pb2.IdentifyResponse(
@@ -45,6 +109,17 @@ async def identify(
     response.timings.lookup_ms = (looked_up - started) * 1000
     response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
     response.postings = len(postings[0])
+    scale = 1.0
+    if not ranked and rescaled is not None and hashes.size >= RESCUE_MIN_LANDMARKS:
+        rescue_started = time.perf_counter()
+        queries = await rescaled()
+        if queries:
+            postings = await catalog.postings(np.concatenate([q.hashes for q in queries]))
+            scale, ranked = await asyncio.to_thread(
+                best_rescaled_matches, queries, postings, max_matches
+            )
+            response.postings += len(postings[0])
+        response.timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
     if not ranked:
         return response
     tracks = await catalog.tracks_by_key([m.track_key for m in ranked])
@@ -59,6 +134,7 @@ async def identify(
                 offset_s=match.offset_frames * frame_s,
                 score=float(match.score),
                 confidence=match.confidence,
+                frequency_scale=scale,
             )
         )
     return response
