@@ -7,7 +7,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMPS := .stamps
 PROTOS := $(wildcard protos/earmark/v1/*.proto)
-PKGS   := sdk libs/runtime stack services/ingest services/fingerprint services/search services/features
+PKGS   := sdk libs/runtime stack services/ingest services/fingerprint services/search services/features \
+	services/monitor
 PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 CORPUS ?= $(HOME)/.cache/earmark/corpus
 PYTEST_ARGS ?=
@@ -73,7 +74,7 @@ up: install
 down:
 	$(BIN)/earmark down
 
-SERVICES  := ingest fingerprint search features
+SERVICES  := ingest fingerprint search features monitor
 IMAGE_TAG ?= $(shell sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$$/\1/p' charts/earmark/Chart.yaml)
 
 images:

@@ -49,18 +49,24 @@ KUBE_VERSIONS = ("1.27.0", "latest")
 SETTING_NAMES = {s.name for s in SETTINGS_TABLE}
 # Settings the chart deliberately leaves to the service's or the image's default.
 LEFT_TO_DEFAULTS = {
-    "EARMARK_API_KEYS_FILE": "authentication is off by default; the chart does not template "
-    "the keys Secret yet (set it with extraEnv and a Secret volume)",
-    "EARMARK_API_KEY": "only needed with EARMARK_API_KEYS_FILE (extraEnv from a Secret)",
-    "EARMARK_TLS_CERT": "TLS is off by default; the chart does not mount certificate Secrets yet",
-    "EARMARK_TLS_KEY": "see EARMARK_TLS_CERT",
-    "EARMARK_TLS_CA": "see EARMARK_TLS_CERT",
     "EARMARK_HOME": "only the embedded stack uses it; the image sets a harmless default",
     "EARMARK_FFMPEG": "the ffmpeg inside the imageio-ffmpeg wheel is the right one",
     "EARMARK_MILVUS_TOKEN": "the in-cluster Milvus needs none; extraEnv for a secured one",
     "EARMARK_INGEST_ROOT": "bulk ingestion by events needs a shared volume: off in the chart",
+    "EARMARK_SEARCH_ADDR": "the monitor service joins the chart with issue #7",
+    "EARMARK_MAX_MONITOR_S": "the monitor service joins the chart with issue #7",
+    "EARMARK_MONITOR_STREAMS": "the monitor service joins the chart with issue #7",
 }
-# Settings the chart sets only when the dependency behind them is configured.
+# Settings the chart sets on every Deployment only when a switch of its values is on.
+SET_WHEN_ENABLED = {
+    "EARMARK_API_KEYS_FILE": "auth",
+    "EARMARK_API_KEY": "auth",
+    "EARMARK_TLS_CERT": "tls",
+    "EARMARK_TLS_KEY": "tls",
+    "EARMARK_TLS_CA": "tls",
+}
+# Deployments that run ffmpeg children (earmark_runtime.audio).
+FFMPEG_DEPLOYMENTS = ("ingest", "fingerprint", "features", "transcoder")
 HELM_INSTALL_HINT = (
     "Helm is not available: `pip install helm-python-sdk` (the PyPI wheel bundles Helm v4's "
     "Go SDK; import helm_python) or put a `helm` binary on PATH"
@@ -230,6 +236,7 @@ def test_ci_value_sets_exist() -> None:
         "gpu-values.yaml",
         "external-values.yaml",
         "nats-cluster-values.yaml",
+        "secured-values.yaml",
     ):
         assert expected in names
 
@@ -330,9 +337,26 @@ def test_probes_resources_and_security(values_file: Path) -> None:
             if wl["kind"] == "Deployment":
                 port = c["ports"][0]["containerPort"]
                 for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                    assert c[probe].get("grpc", {}).get("port") == port, f"{where} {probe}"
+                    assert _probe_port(rel, c[probe]) == port, f"{where} {probe}"
                 mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
                 assert "/tmp" in mounts, where
+
+
+def _probe_port(rel: Release, probe: Manifest) -> int | None:
+    """The port a probe checks: kubelet's gRPC probe in plaintext; under TLS, which kubelet
+    cannot speak, the image's own health check over loopback with the mounted certificate."""
+    if not rel.values.get("tls", {}).get("enabled"):
+        assert "exec" not in probe
+        port: int | None = probe.get("grpc", {}).get("port")
+        return port
+    assert "grpc" not in probe
+    command = probe["exec"]["command"]
+    assert command[:3] == ["python", "-m", "earmark_runtime.healthcheck"]
+    assert importlib.util.find_spec("earmark_runtime.healthcheck") is not None
+    server_name = rel.values["tls"].get("probeServerName", "localhost")
+    assert command[5:] == ["--server-name", server_name]
+    assert command[3] == "--port"
+    return int(command[4])
 
 
 @needs_helm
@@ -356,8 +380,13 @@ def test_environment_matches_the_configuration_table(values_file: Path) -> None:
                         "earmark_runtime.config.SETTINGS_TABLE"
                     )
             set_somewhere |= {v for v in env if ours.match(v)}
-    unset = SETTING_NAMES - set_somewhere - set(LEFT_TO_DEFAULTS)
+    switched_off = {
+        var for var, switch in SET_WHEN_ENABLED.items()
+        if not rel.values.get(switch, {}).get("enabled")
+    }  # fmt: skip
+    unset = SETTING_NAMES - set_somewhere - set(LEFT_TO_DEFAULTS) - switched_off
     assert not unset, f"settings the chart never sets (add them, or to LEFT_TO_DEFAULTS): {unset}"
+    assert not switched_off & set_somewhere, "auth/TLS settings set while switched off"
     features_env = effective_env(rel, rel.container("features"))
     if not milvus_configured(rel.values):
         # Milvus Lite on the writable /tmp volume (the root filesystem is read-only),
@@ -381,7 +410,7 @@ def test_environment_matches_the_configuration_table(values_file: Path) -> None:
         assert ("EARMARK_DATABASE_URL" in env) == (svc in DB_SERVICES), svc
         if svc in BLOB_SERVICES:
             assert str(env["EARMARK_BLOB_URL"]).startswith(("nats://", "file://"))
-        if svc == "search":
+        if svc in ("search", "ingest"):  # ingest asks fingerprint in Reindex
             assert env["EARMARK_FINGERPRINT_ADDR"] == (
                 f"{RELEASE}-fingerprint.{NAMESPACE}.svc:{fingerprint_port}"
             )
@@ -402,6 +431,9 @@ def test_references_resolve(values_file: Path) -> None:
     external = {
         rel.values.get("externalPostgres", {}).get("existingSecret"),
         rel.values.get("externalNats", {}).get("existingSecret"),
+        rel.values.get("auth", {}).get("existingSecret"),
+        rel.values.get("auth", {}).get("serviceKeySecret"),
+        rel.values.get("tls", {}).get("existingSecret"),
     } - {None, ""}
     for wl, pod in workloads(rel):
         sa = pod.get("serviceAccountName")
@@ -410,6 +442,8 @@ def test_references_resolve(values_file: Path) -> None:
         for vol in pod.get("volumes", []):
             if "configMap" in vol:
                 assert rel.has("ConfigMap", vol["configMap"]["name"])
+            if "secret" in vol and vol["secret"]["secretName"] not in external:
+                assert rel.has("Secret", vol["secret"]["secretName"])
         for c in pod["containers"]:
             for src in c.get("envFrom", []):
                 assert rel.has("ConfigMap", src["configMapRef"]["name"])
@@ -646,7 +680,7 @@ def test_transcoder_worker(values_file: Path) -> None:
     assert port == 50055 == DEFAULT_PORTS["transcoder"]
     assert c["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"] == {"port": port}, probe
+        assert _probe_port(rel, c[probe]) == port, probe
     env = effective_env(rel, c)
     assert env["EARMARK_GRPC_PORT"] == str(port)
     assert env["OTEL_SERVICE_NAME"] == "earmark-transcoder"
@@ -719,11 +753,102 @@ def _render_error(values: dict[str, Any]) -> str:
         ({"transcoder": {"gpu": {"enabled": True}}}, "gpu"),
         ({"nats": {"replicas": 2}}, "replicas"),
         ({"config": {"logFormat": "xml"}}, "logFormat"),
+        ({"auth": {"enabled": True}}, "auth.existingSecret"),
+        ({"auth": {"enabled": True, "existingSecret": "k"}}, "auth.serviceKeySecret"),
+        ({"tls": {"enabled": True}}, "tls.existingSecret"),
+        ({"config": {"maxInflight": 0}}, "maxInflight"),
+        ({"config": {"ffmpegMemoryMb": -1}}, "ffmpegMemoryMb"),
         ({"unknownKey": 1}, "unknownKey"),
     ],
 )
 def test_bad_values_are_refused(values: dict[str, Any], message: str) -> None:
     assert message in _render_error(values)
+
+
+def _mounted_file(pod: Manifest, container: Manifest, path: str) -> tuple[Manifest, Manifest]:
+    """(volume, mount) that provide `path` in the container."""
+    for mount in container.get("volumeMounts", []):
+        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+            return volume, mount
+    raise AssertionError(f"{path} is on no volume")
+
+
+@needs_helm
+def test_api_keys_and_certificates_come_from_secrets() -> None:
+    rel = release("secured")
+    auth, tls = rel.values["auth"], rel.values["tls"]
+    for svc in DEPLOYMENTS:
+        pod = rel.deployment(svc)["spec"]["template"]["spec"]
+        c = rel.container(svc)
+        env = {e["name"]: e for e in c["env"]}
+        keys_file = env["EARMARK_API_KEYS_FILE"]["value"]
+        volume, mount = _mounted_file(pod, c, keys_file)
+        assert mount["readOnly"] is True
+        assert volume["secret"]["secretName"] == auth["existingSecret"]
+        item = {i["path"]: i["key"] for i in volume["secret"]["items"]}
+        assert item[keys_file.removeprefix(mount["mountPath"] + "/")] == auth["keysFileKey"]
+        assert env["EARMARK_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": auth["serviceKeySecret"],
+            "key": auth["serviceKeySecretKey"],
+        }
+        for var, key in (
+            ("EARMARK_TLS_CERT", "tls.crt"),
+            ("EARMARK_TLS_KEY", "tls.key"),
+            ("EARMARK_TLS_CA", "ca.crt"),  # a CA: mutual TLS, and service-to-service TLS
+        ):
+            path = env[var]["value"]
+            volume, mount = _mounted_file(pod, c, path)
+            assert mount["readOnly"] is True
+            assert volume["secret"]["secretName"] == tls["existingSecret"]
+            assert {"key": key, "path": path.rsplit("/", 1)[1]} in volume["secret"]["items"]
+        for volume in pod["volumes"]:
+            if "secret" in volume:  # group-readable by the pod's fsGroup, nobody else
+                assert volume["secret"]["defaultMode"] == 0o440
+        # Keys and certificates never land in the ConfigMap or in plain env values.
+        for e in c["env"]:
+            assert "BEGIN" not in str(e.get("value", ""))
+    cm = rel.get("ConfigMap", f"{RELEASE}-config")["data"]
+    assert not {"EARMARK_API_KEY", "EARMARK_API_KEYS_FILE"} & set(cm)
+    # The migrations Job talks only to PostgreSQL: no keys, no certificates.
+    (job,) = rel.of_kind("Job")
+    for c in job["spec"]["template"]["spec"]["containers"]:
+        assert not env_names(c) & set(SET_WHEN_ENABLED)
+    # Without the switches nothing of it is rendered.
+    default = release("default")
+    for svc in DEPLOYMENTS:
+        assert not env_names(default.container(svc)) & set(SET_WHEN_ENABLED)
+        pod = default.deployment(svc)["spec"]["template"]["spec"]
+        assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+
+
+def _mebibytes(quantity: str | int) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024**2, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    text = str(quantity)
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return float(text.removesuffix(unit)) * factor
+    return float(text) / 2**20
+
+
+@needs_helm
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_limits_backpressure_and_ffmpeg_memory(values_file: Path) -> None:
+    """EARMARK_MAX_INFLIGHT and EARMARK_FFMPEG_MEMORY_MB reach every service, and every
+    service that runs ffmpeg may use more memory than one ffmpeg child is allowed."""
+    rel = release(values_file.name.removesuffix("-values.yaml"))
+    defaults = _load_values(CHART / "values.yaml")
+    config = {**defaults["config"], **rel.values.get("config", {})}
+    for svc in DEPLOYMENTS:
+        env = effective_env(rel, rel.container(svc))
+        wanted = rel.values.get(svc, {}).get("maxInflight", config["maxInflight"])
+        assert env["EARMARK_MAX_INFLIGHT"] == str(wanted), svc
+        assert env["EARMARK_FFMPEG_MEMORY_MB"] == str(config["ffmpegMemoryMb"]), svc
+        if svc in FFMPEG_DEPLOYMENTS:
+            limit = rel.container(svc)["resources"]["limits"]["memory"]
+            assert _mebibytes(limit) > config["ffmpegMemoryMb"], f"{svc}: {limit}"
+    if values_file.name == "secured-values.yaml":
+        assert effective_env(rel, rel.container("ingest"))["EARMARK_MAX_INFLIGHT"] == "16"
 
 
 # --- Dockerfiles -----------------------------------------------------------------------

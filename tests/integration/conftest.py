@@ -1,4 +1,4 @@
-"""The real embedded stack — nats-server, PostgreSQL and the four services — on loopback."""
+"""The real embedded stack — nats-server, PostgreSQL and every service — on loopback."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, ingest_root: Path) -> Iterat
 @pytest.fixture(scope="session")
 def client(stack: StackInfo) -> Iterator[Earmark]:
     with Earmark(
-        ingest=stack.addr("ingest"), search=stack.addr("search"), features=stack.addr("features")
+        ingest=stack.addr("ingest"),
+        search=stack.addr("search"),
+        features=stack.addr("features"),
+        monitor=stack.addr("monitor"),
     ) as em:
         yield em

@@ -12,6 +12,7 @@ import pytest
 
 from bench.synthetic import song, wav_bytes
 from earmark import Earmark
+from earmark.v1 import ingest_pb2, ingest_pb2_grpc
 from earmark_runtime.auth import hash_key
 from earmark_stack import StackInfo, down, up
 
@@ -80,5 +81,21 @@ def test_roles_are_enforced_end_to_end(secured: StackInfo) -> None:
         assert _code(lambda: list(anonymous.tracks())) == grpc.StatusCode.UNAUTHENTICATED
     with _client(secured, "not-a-key") as stranger:
         assert _code(lambda: list(stranger.tracks())) == grpc.StatusCode.UNAUTHENTICATED
+    # Reindex is admin-only; ingest runs it by asking fingerprint with its service key.
+    for role in ("ingest", "identify"):
+        assert _code(lambda role=role: _reindex(secured, KEYS[role])) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        ), role
+    progress = _reindex(secured, KEYS["admin"])
+    assert progress.algorithm_version >= 1 and progress.indexed_tracks >= 1
     with _client(secured, KEYS["admin"]) as ops:
         ops.delete_track(final.track_id)
+
+
+def _reindex(info: StackInfo, key: str) -> ingest_pb2.ReindexResponse:
+    with grpc.insecure_channel(info.addr("ingest")) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        reply: ingest_pb2.ReindexResponse = stub.Reindex(
+            ingest_pb2.ReindexRequest(dry_run=True), metadata=[("x-api-key", key)], timeout=30
+        )
+        return reply

@@ -161,6 +161,12 @@ Image of a service. Call with (dict "root" $ "service" "fingerprint").
 {{- if and .Values.milvus.enabled .Values.externalMilvus.uri }}
 {{- fail "set milvus.enabled=false to use externalMilvus" }}
 {{- end }}
+{{- if and .Values.auth.enabled (not (and .Values.auth.existingSecret .Values.auth.serviceKeySecret)) }}
+{{- fail "auth.enabled needs auth.existingSecret (the keys file) and auth.serviceKeySecret (the services' own key)" }}
+{{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail "tls.enabled needs tls.existingSecret (tls.crt, tls.key and ca.crt)" }}
+{{- end }}
 {{- range $svc := splitList " " (include "earmark.deployments" .) }}
 {{- $s := index $.Values $svc }}
 {{- if and $s.autoscaling.enabled $s.keda.enabled }}
@@ -252,4 +258,84 @@ every template of one render sees the same password.
       name: {{ include "earmark.secretName" . }}
       key: database-url
       {{- end }}
+{{- end }}
+
+{{/* Where the keys file and the certificates are mounted (read-only). */}}
+{{- define "earmark.authDir" -}}/etc/earmark/auth{{- end }}
+{{- define "earmark.tlsDir" -}}/etc/earmark/tls{{- end }}
+
+{{/*
+env entries for API keys and TLS, from the Secrets named in .Values.auth and .Values.tls
+(every Deployment; nothing when both are off).
+*/}}
+{{- define "earmark.securityEnv" -}}
+{{- if .Values.auth.enabled }}
+- name: EARMARK_API_KEYS_FILE
+  value: {{ include "earmark.authDir" . }}/keys.json
+- name: EARMARK_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.auth.serviceKeySecret }}
+      key: {{ .Values.auth.serviceKeySecretKey }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: EARMARK_TLS_CERT
+  value: {{ include "earmark.tlsDir" . }}/tls.crt
+- name: EARMARK_TLS_KEY
+  value: {{ include "earmark.tlsDir" . }}/tls.key
+# With a CA the servers require client certificates and the services verify each other.
+- name: EARMARK_TLS_CA
+  value: {{ include "earmark.tlsDir" . }}/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "earmark.securityMounts" -}}
+{{- if .Values.auth.enabled }}
+- name: api-keys
+  mountPath: {{ include "earmark.authDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: {{ include "earmark.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Secret volumes; 0440 with the pod's fsGroup: readable by the service user only. */}}
+{{- define "earmark.securityVolumes" -}}
+{{- if .Values.auth.enabled }}
+- name: api-keys
+  secret:
+    secretName: {{ .Values.auth.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.auth.keysFileKey }}
+        path: keys.json
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ .Values.tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
+{{- end }}
+
+{{/*
+How a probe asks for health. Call with (dict "root" $ "port" port). Plaintext: kubelet's
+native gRPC probe. TLS: kubelet cannot speak it (nor present a client certificate), so
+the container checks itself over loopback with its mounted certificate.
+*/}}
+{{- define "earmark.probeAction" -}}
+{{- if .root.Values.tls.enabled }}
+exec:
+  command: ["python", "-m", "earmark_runtime.healthcheck", "--port", {{ .port | quote }}, "--server-name", {{ .root.Values.tls.probeServerName | quote }}]
+{{- else }}
+grpc:
+  port: {{ .port }}
+{{- end }}
 {{- end }}

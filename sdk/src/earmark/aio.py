@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from earmark.v1 import ingest_pb2, ingest_pb2_grpc, search_pb2, search_pb2_grpc
@@ -17,8 +17,16 @@ from ._requests import (
     scan_messages,
     upload_messages,
 )
+from .client import monitor_chunk, monitor_config
 from .discovery import resolve
-from .results import Identification, Submission, TimelineEntry, Track
+from .results import (
+    Identification,
+    MonitorEvent,
+    Submission,
+    TimelineEntry,
+    Track,
+    identify_method,
+)
 
 
 class AsyncEarmark:
@@ -89,11 +97,18 @@ class AsyncEarmark:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 
-    async def identify(self, clip: AudioSource, *, max_matches: int = 1) -> Identification:
+    async def identify(
+        self, clip: AudioSource, *, max_matches: int = 1, method: str = "auto"
+    ) -> Identification:
+        """Best catalog matches of a clip; method: auto, landmarks, neural or fused."""
         data = await asyncio.to_thread(read_audio, clip)
         started = time.perf_counter()
         reply = await self._search.Identify(
-            search_pb2.IdentifyRequest(audio=audio_input(data), max_matches=max_matches),
+            search_pb2.IdentifyRequest(
+                audio=audio_input(data),
+                max_matches=max_matches,
+                method=identify_method(method),
+            ),
             timeout=self._timeout,
             metadata=self._metadata,
         )
@@ -130,3 +145,35 @@ class AsyncEarmark:
             timeout=self._timeout,
             metadata=self._metadata,
         )
+
+    async def monitor(
+        self,
+        chunks: AsyncIterable[bytes] | Iterable[bytes],
+        *,
+        sample_rate_hz: int = 8000,
+        channels: int = 1,
+        encoded: bool = False,
+        stream_name: str = "",
+        report_interval_s: float = 0.0,
+    ) -> AsyncIterator[MonitorEvent]:
+        """Events of a live stream as they happen (see `Earmark.monitor`)."""
+
+        async def requests() -> AsyncIterator[search_pb2.MonitorRequest]:
+            yield monitor_config(stream_name, report_interval_s)
+            pieces = chunks if isinstance(chunks, AsyncIterable) else _aiter(chunks)
+            async for chunk in pieces:
+                yield monitor_chunk(
+                    chunk, sample_rate_hz=sample_rate_hz, channels=channels, encoded=encoded
+                )
+
+        call = self._search.Monitor(requests(), metadata=self._metadata)
+        try:
+            async for event in call:
+                yield MonitorEvent.from_proto(event)
+        finally:
+            call.cancel()
+
+
+async def _aiter(items: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item

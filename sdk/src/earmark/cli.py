@@ -11,10 +11,12 @@ from pathlib import Path
 import grpc
 
 from ._table import Progress, table
+from .admin_cli import add_commands as add_admin_commands
 from .bulk import ingest_files
 from .client import Earmark
 from .discovery import earmark_home
 from .features_cli import add_commands as add_feature_commands
+from .monitor_cli import add_commands as add_monitor_commands
 from .results import Submission
 
 AUDIO_SUFFIXES = {
@@ -171,13 +173,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
     with Earmark() as em:
         for clip in args.clips:
             try:
-                result = em.identify(clip, max_matches=args.max_matches)
+                result = em.identify(clip, max_matches=args.max_matches, method=args.method)
             except grpc.RpcError as exc:
                 message = f"{exc.code().name}: {exc.details()}"
                 if args.json:
                     print(json.dumps({"clip": clip, "error": message}))
                 else:
-                    rows.append((clip, "error", message, "", "", "", ""))
+                    rows.append((clip, "error", message, "", "", "", "", ""))
                 continue
             match = result.match
             if args.json:
@@ -192,7 +194,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
                     )
                 )
             elif match is None:
-                rows.append((clip, "no match", "", "", "", "", f"{result.latency_ms:.0f}"))
+                rows.append((clip, "no match", "", "", "", "", "", f"{result.latency_ms:.0f}"))
             else:
                 rows.append(
                     (
@@ -202,11 +204,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
                         f"{match.offset_s:.2f}",
                         f"{match.score:.0f}",
                         f"{match.confidence:.2f}",
+                        "+".join(match.methods),
                         f"{result.latency_ms:.0f}",
                     )
                 )
     if not args.json:
-        table(["clip", "match", "artist", "offset_s", "score", "confidence", "ms"], rows)
+        table(
+            ["clip", "match", "artist", "offset_s", "score", "confidence", "found by", "ms"], rows
+        )
     return 0
 
 
@@ -360,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("identify", cmd_identify, "identify clips against the catalog")
     p.add_argument("clips", nargs="+")
     p.add_argument("--max-matches", type=int, default=1)
+    p.add_argument(
+        "--method",
+        choices=["auto", "landmarks", "neural", "fused"],
+        default="auto",
+        help="auto: landmarks, plus the neural index unless landmarks are certain",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p = add("scan", cmd_scan, "report which catalog tracks play in long recordings, and when")
     p.add_argument("files", nargs="+")
@@ -381,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("delete", cmd_delete, "delete tracks from the catalog")
     p.add_argument("track_ids", nargs="+")
     add_feature_commands(sub)
+    add_admin_commands(sub)
+    add_monitor_commands(sub)
     p = add("backup", cmd_backup, "copy the catalog (PostgreSQL and blobs) into a folder")
     p.add_argument("folder")
     p = add("restore", cmd_restore, "load a backup folder into the running stack")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from google.protobuf import timestamp_pb2
+
 from earmark.v1 import (
+    common_pb2,
     features_pb2,
     features_pb2_grpc,
     ingest_pb2,
     ingest_pb2_grpc,
+    monitor_pb2,
+    monitor_pb2_grpc,
     search_pb2,
     search_pb2_grpc,
 )
@@ -24,7 +30,42 @@ from ._requests import (
     upload_messages,
 )
 from .discovery import resolve
-from .results import Identification, Submission, TimelineEntry, Track
+from .results import (
+    Identification,
+    MonitoredStream,
+    MonitorEvent,
+    Play,
+    Submission,
+    TimelineEntry,
+    Track,
+    identify_method,
+)
+
+Moment = dt.datetime | float  # a datetime, or unix time
+
+
+def monitor_config(stream_name: str, report_interval_s: float) -> search_pb2.MonitorRequest:
+    config = search_pb2.MonitorConfig(stream_name=stream_name, report_interval_s=report_interval_s)
+    return search_pb2.MonitorRequest(config=config)
+
+
+def monitor_chunk(
+    chunk: bytes, *, sample_rate_hz: int, channels: int, encoded: bool
+) -> search_pb2.MonitorRequest:
+    """One piece of the stream: s16le PCM, or the next bytes of an encoded stream."""
+    if encoded:
+        return search_pb2.MonitorRequest(encoded=chunk)
+    pcm = common_pb2.PcmAudio(samples=chunk, sample_rate_hz=sample_rate_hz, channels=channels)
+    return search_pb2.MonitorRequest(pcm=pcm)
+
+
+def timestamp(moment: Moment | None) -> timestamp_pb2.Timestamp | None:
+    if moment is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    seconds = moment.timestamp() if isinstance(moment, dt.datetime) else float(moment)
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
 
 
 class Earmark:
@@ -42,16 +83,19 @@ class Earmark:
         ingest: str | None = None,
         search: str | None = None,
         features: str | None = None,
+        monitor: str | None = None,
         timeout_s: float = 60.0,
         api_key: str | None = None,
     ) -> None:
         ends = resolve(ingest=ingest, search=search, features=features)
         key = _auth.api_key(api_key)  # default: $EARMARK_API_KEY
-        pairs = [_auth.sync_channel(a, key) for a in (ends.ingest, ends.search, ends.features)]
+        addrs = (ends.ingest, ends.search, ends.features, monitor or ends.monitor)
+        pairs = [_auth.sync_channel(a, key) for a in addrs]
         self._channels = [raw for raw, _ in pairs]
         self._ingest = ingest_pb2_grpc.IngestServiceStub(pairs[0][1])
         self._search = search_pb2_grpc.SearchServiceStub(pairs[1][1])
         self._features = features_pb2_grpc.FeaturesServiceStub(pairs[2][1])
+        self._monitor = monitor_pb2_grpc.MonitorServiceStub(pairs[3][1])
         self._timeout = timeout_s
 
     def close(self) -> None:
@@ -136,11 +180,18 @@ class Earmark:
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 
-    def identify(self, clip: AudioSource, *, max_matches: int = 1) -> Identification:
+    def identify(
+        self, clip: AudioSource, *, max_matches: int = 1, method: str = "auto"
+    ) -> Identification:
+        """Best catalog matches of a clip; method: auto, landmarks, neural or fused."""
         data = read_audio(clip)
         started = time.perf_counter()
         reply = self._search.Identify(
-            search_pb2.IdentifyRequest(audio=audio_input(data), max_matches=max_matches),
+            search_pb2.IdentifyRequest(
+                audio=audio_input(data),
+                max_matches=max_matches,
+                method=identify_method(method),
+            ),
             timeout=self._timeout,
         )
         return Identification.from_proto(reply, (time.perf_counter() - started) * 1000)
@@ -194,3 +245,78 @@ class Earmark:
         )
         features: features_pb2.TrackFeatures = reply.features
         return features
+
+    def monitor(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        sample_rate_hz: int = 8000,
+        channels: int = 1,
+        encoded: bool = False,
+        stream_name: str = "",
+        report_interval_s: float = 0.0,
+    ) -> Iterator[MonitorEvent]:
+        """Events of a live stream as they happen: track started, playing, ended, unknown.
+
+        `chunks` are 16-bit PCM (at `sample_rate_hz`, `channels` interleaved; 8 kHz
+        mono is analysed without resampling) or, with ``encoded=True``, the bytes
+        of an encoded stream (MP3, AAC, Ogg ...). Send them as they play: the
+        iterator is read by gRPC in the background, and events come back while
+        it runs. Stopping the iteration cancels the call.
+        """
+
+        def requests() -> Iterator[search_pb2.MonitorRequest]:
+            yield monitor_config(stream_name, report_interval_s)
+            for chunk in chunks:
+                yield monitor_chunk(
+                    chunk, sample_rate_hz=sample_rate_hz, channels=channels, encoded=encoded
+                )
+
+        call = self._search.Monitor(requests())
+        try:
+            for event in call:
+                yield MonitorEvent.from_proto(event)
+        finally:
+            call.cancel()
+
+    def register_stream(self, name: str, url: str) -> MonitoredStream:
+        """Have the server-side monitors watch `url` (http, https or file) as `name`."""
+        reply = self._monitor.RegisterStream(
+            monitor_pb2.RegisterStreamRequest(name=name, url=url), timeout=self._timeout
+        )
+        return MonitoredStream.from_proto(reply.stream)
+
+    def streams(self) -> list[MonitoredStream]:
+        reply = self._monitor.ListStreams(monitor_pb2.ListStreamsRequest(), timeout=self._timeout)
+        return [MonitoredStream.from_proto(s) for s in reply.streams]
+
+    def remove_stream(self, name: str) -> None:
+        self._monitor.RemoveStream(
+            monitor_pb2.RemoveStreamRequest(name=name), timeout=self._timeout
+        )
+
+    def plays(
+        self,
+        stream_name: str,
+        *,
+        since: Moment | None = None,
+        until: Moment | None = None,
+        page_size: int = 500,
+    ) -> Iterator[Play]:
+        """The play log of a monitored stream: plays overlapping [since, until), oldest first."""
+        token = ""
+        while True:
+            reply = self._monitor.ListPlays(
+                monitor_pb2.ListPlaysRequest(
+                    stream_name=stream_name,
+                    since=timestamp(since),
+                    until=timestamp(until),
+                    page_size=page_size,
+                    page_token=token,
+                ),
+                timeout=self._timeout,
+            )
+            yield from (Play.from_proto(p) for p in reply.plays)
+            token = reply.next_page_token
+            if not token:
+                return

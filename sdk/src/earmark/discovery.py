@@ -12,6 +12,7 @@ DEFAULTS = {
     "fingerprint": "127.0.0.1:50052",
     "search": "127.0.0.1:50053",
     "features": "127.0.0.1:50054",
+    "monitor": "127.0.0.1:50056",
 }
 
 
@@ -25,6 +26,7 @@ class Endpoints:
     search: str
     features: str
     fingerprint: str
+    monitor: str
 
 
 def resolve(**overrides: str | None) -> Endpoints:
@@ -50,4 +52,5 @@ def resolve(**overrides: str | None) -> Endpoints:
         search=pick("search"),
         features=pick("features"),
         fingerprint=pick("fingerprint"),
+        monitor=pick("monitor"),
     )

@@ -33,7 +33,7 @@ from .processes import (
     wait_for_port,
 )
 
-SERVICES = ("fingerprint", "search", "ingest", "features", "transcoder")
+SERVICES = ("fingerprint", "search", "ingest", "features", "transcoder", "monitor")
 # Python module each process runs.
 MODULES = {name: f"earmark_{name}" for name in SERVICES} | {
     "transcoder": "earmark_ingest.transcoder"
@@ -175,6 +175,7 @@ def _service_env(home: Path, info: StackInfo, name: str) -> dict[str, str]:
         "EARMARK_DATABASE_URL": info.database_url,
         "EARMARK_BLOB_URL": info.blob_url,
         "EARMARK_FINGERPRINT_ADDR": info.addr("fingerprint"),
+        "EARMARK_SEARCH_ADDR": info.addr("search"),
         "PYTHONUNBUFFERED": "1",
         **info.extra_env,
     }

@@ -2,8 +2,11 @@
 
 ffmpeg runs as a child process reading from a pipe, with a protocol whitelist
 so that a crafted file (a playlist, a concat script) cannot make it open other
-files or the network, and with a wall-clock limit. Only the first audio stream
-is decoded; video, subtitle and data streams are dropped.
+files or the network, with a wall-clock limit (the child is killed when it
+runs over) and an address-space limit (EARMARK_FFMPEG_MEMORY_MB), so a crafted
+file that makes a decoder allocate gigabytes fails inside the child instead of
+exhausting the pod. Only the first audio stream is decoded; video, subtitle and
+data streams are dropped.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import resource
+import signal
 import wave
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
+
+from .config import load_settings
 
 
 class AudioDecodeError(ValueError):
@@ -55,6 +63,45 @@ _NON_AUDIO_DEMUXERS = {
 }
 
 
+# The child dies of one of these, or says so, when it cannot get memory under its limit.
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGKILL}
+_MEMORY_MESSAGES = ("cannot allocate memory", "out of memory", "enomem")
+
+
+class FfmpegMemoryError(AudioDecodeError):
+    """ffmpeg needed more memory than EARMARK_FFMPEG_MEMORY_MB allows."""
+
+
+def ffmpeg_memory_mb() -> int:
+    """The address-space limit of ffmpeg children from EARMARK_FFMPEG_MEMORY_MB (0: none)."""
+    return load_settings("ffmpeg").ffmpeg_memory_mb
+
+
+def limit_memory(pid: int, memory_mb: int) -> None:
+    """Cap the address space of child `pid` at `memory_mb` MiB.
+
+    Applied right after the child starts and before it is given any input: ffmpeg
+    blocks reading stdin before any allocation that depends on the file, so the
+    limit is in place for all of those. No Python code runs between fork and exec
+    (preexec_fn is unsafe in a process with threads) and no extra shell is spawned.
+    """
+    limit = memory_mb * 1024 * 1024
+    resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+
+
+def memory_failure(returncode: int, stderr: str, memory_mb: int) -> FfmpegMemoryError | None:
+    """The error to raise when a child under a memory limit failed for lack of memory."""
+    if memory_mb <= 0:
+        return None
+    crashed = returncode < 0 and -returncode in _CRASH_SIGNALS
+    if crashed or any(m in stderr.lower() for m in _MEMORY_MESSAGES):
+        return FfmpegMemoryError(
+            f"ffmpeg needed more than its {memory_mb} MiB memory limit (EARMARK_FFMPEG_MEMORY_MB) "
+            "for this file; it was refused"
+        )
+    return None
+
+
 def _last_error_line(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for line in reversed(lines):
@@ -80,31 +127,59 @@ def _decode_pcm_wav(
             if max_seconds is not None:
                 frames = min(frames, int((max_seconds + 1.0) * rate))
             raw = wav.readframes(frames)
-    except (wave.Error, EOFError, ValueError):
+    except Exception:
+        # Anything odd goes to ffmpeg, which judges it. The wave module raises more
+        # than wave.Error on damaged headers: RuntimeError for a truncated chunk
+        # header (corpus/audio/wav-truncated-data-chunk.wav), struct.error, ...
         return None
-    if not raw or rate < 1000 or channels < 1:
+    if channels < 1 or not MIN_PCM_RATE_HZ <= rate <= MAX_PCM_RATE_HZ:
         return None
     raw = raw[: len(raw) - len(raw) % (2 * channels)]
+    if not raw:  # not one whole frame (corpus/audio/wav-one-byte-of-data.wav)
+        return None
     samples = pcm16_to_float(raw, rate, channels, sample_rate_hz)
     return DecodedAudio(samples=samples, sample_rate_hz=sample_rate_hz, container="wav")
 
 
-async def run_ffmpeg(args: list[str], data: bytes, *, timeout_s: float) -> tuple[int, bytes, str]:
-    """Run ffmpeg on `data` (stdin); (exit code, stdout, stderr). Raises TimeoutError
-    after killing it when it outlives `timeout_s`."""
+async def run_ffmpeg(
+    args: list[str], data: bytes, *, timeout_s: float, memory_mb: int | None = None
+) -> tuple[int, bytes, str]:
+    """Run ffmpeg on `data` (stdin); (exit code, stdout, stderr).
+
+    The child gets an address-space limit of `memory_mb` MiB (None: the
+    EARMARK_FFMPEG_MEMORY_MB setting, 0: none) and raises FfmpegMemoryError when
+    it failed for lack of memory. Raises TimeoutError after killing it when it
+    outlives `timeout_s`.
+    """
+    limit = ffmpeg_memory_mb() if memory_mb is None else memory_mb
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+    if limit > 0:
+        try:
+            limit_memory(proc.pid, limit)
+        except OSError as exc:
+            # Fail closed: never decode untrusted input without the limit asked for.
+            proc.kill()
+            await proc.communicate()
+            raise RuntimeError(
+                f"cannot limit ffmpeg's memory ({exc}); set EARMARK_FFMPEG_MEMORY_MB=0 to run "
+                "without a limit"
+            ) from exc
     try:
         out, err = await asyncio.wait_for(proc.communicate(data), timeout=timeout_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
         raise
-    return proc.returncode or 0, out, err.decode("utf-8", "replace")
+    returncode, stderr = proc.returncode or 0, err.decode("utf-8", "replace")
+    failure = memory_failure(returncode, stderr, limit)
+    if failure is not None:
+        raise failure
+    return returncode, out, stderr
 
 
 async def decode_audio(
@@ -114,8 +189,14 @@ async def decode_audio(
     ffmpeg: str = "",
     max_seconds: float | None = None,
     timeout_s: float = 120.0,
+    memory_mb: int | None = None,
 ) -> DecodedAudio:
-    """Decode any container ffmpeg understands to float32 mono at `sample_rate_hz`."""
+    """Decode any container ffmpeg understands to float32 mono at `sample_rate_hz`.
+
+    `memory_mb` limits ffmpeg's address space (None: EARMARK_FFMPEG_MEMORY_MB).
+    Raises AudioDecodeError with the reason for anything that is not audio, is
+    refused, or runs over a limit.
+    """
     if not data:
         raise AudioDecodeError("empty input: no bytes to decode")
     fast = await asyncio.to_thread(_decode_pcm_wav, data, sample_rate_hz, max_seconds)
@@ -146,7 +227,9 @@ async def decode_audio(
         args += ["-t", f"{max_seconds + 1.0:.3f}"]
     args.append("pipe:1")
     try:
-        returncode, out, stderr = await run_ffmpeg(args, data, timeout_s=timeout_s)
+        returncode, out, stderr = await run_ffmpeg(
+            args, data, timeout_s=timeout_s, memory_mb=memory_mb
+        )
     except TimeoutError as exc:
         raise AudioDecodeError(f"decoding took longer than {timeout_s:.0f} s") from exc
     match = _INPUT_RE.search(stderr)
@@ -158,6 +241,8 @@ async def decode_audio(
     if returncode != 0:
         if "matches no streams" in stderr:
             raise AudioDecodeError("the file has no audio stream")
+        if returncode < 0:
+            raise AudioDecodeError(f"ffmpeg crashed on the file (signal {-returncode})")
         raise AudioDecodeError(f"not decodable as audio: {_last_error_line(stderr)}")
     samples = np.frombuffer(out, dtype="<f4").astype(np.float32, copy=False)
     if samples.size == 0:
@@ -167,25 +252,48 @@ async def decode_audio(
     return DecodedAudio(samples=samples, sample_rate_hz=sample_rate_hz, container=container)
 
 
+# Sample rates raw PCM may declare: a telephone line to 8x 96 kHz studio audio.
+MIN_PCM_RATE_HZ = 1000
+MAX_PCM_RATE_HZ = 768_000
+# Largest up/down factor of the polyphase resampler. Its filter has ~20 taps per
+# unit of the larger factor: for the gcd-reduced ratio of an odd rate (999983 Hz
+# -> 8000 Hz is 8000/999983) that was 20 million taps and seconds of CPU per call.
+# Every common rate reduces to at most 441 (44.1 kHz family) and stays exact.
+MAX_RESAMPLE_FACTOR = 1000
+
+
+def resample_ratio(from_rate_hz: int, to_rate_hz: int) -> tuple[int, int]:
+    """(up, down) of the polyphase resampler, both at most MAX_RESAMPLE_FACTOR.
+
+    Exact for common rates; an odd rate is approximated by the closest fraction
+    with small terms, within 0.06 % in speed for any rate up to MAX_PCM_RATE_HZ
+    (a 60 s clip drifts by 36 ms, about one landmark frame).
+    """
+    if to_rate_hz <= from_rate_hz:
+        down_ratio = Fraction(to_rate_hz, from_rate_hz).limit_denominator(MAX_RESAMPLE_FACTOR)
+        return max(1, down_ratio.numerator), down_ratio.denominator
+    up_ratio = Fraction(from_rate_hz, to_rate_hz).limit_denominator(MAX_RESAMPLE_FACTOR)
+    return up_ratio.denominator, max(1, up_ratio.numerator)
+
+
 def pcm16_to_float(
     samples: bytes, sample_rate_hz: int, channels: int, target_rate_hz: int
 ) -> np.ndarray:
     """Raw s16le interleaved PCM to float32 mono at `target_rate_hz`."""
     if channels < 1:
         raise AudioDecodeError("PCM audio needs at least one channel")
-    if sample_rate_hz < 1000:
-        raise AudioDecodeError(f"PCM sample rate {sample_rate_hz} Hz is too low")
+    if not MIN_PCM_RATE_HZ <= sample_rate_hz <= MAX_PCM_RATE_HZ:
+        raise AudioDecodeError(
+            f"PCM sample rate {sample_rate_hz} Hz is outside "
+            f"{MIN_PCM_RATE_HZ}..{MAX_PCM_RATE_HZ} Hz"
+        )
     if len(samples) % (2 * channels):
         raise AudioDecodeError("PCM byte count is not a whole number of frames")
     pcm = np.frombuffer(samples, dtype="<i2").astype(np.float32) / 32768.0
     mono = pcm.reshape(-1, channels).mean(axis=1) if channels > 1 else pcm
     if sample_rate_hz == target_rate_hz or mono.size == 0:
         return mono.astype(np.float32, copy=False)
-    from math import gcd
-
     from scipy.signal import resample_poly
 
-    g = gcd(sample_rate_hz, target_rate_hz)
-    return np.asarray(
-        resample_poly(mono, target_rate_hz // g, sample_rate_hz // g), dtype=np.float32
-    )
+    up, down = resample_ratio(sample_rate_hz, target_rate_hz)
+    return np.asarray(resample_poly(mono, up, down), dtype=np.float32)

@@ -122,6 +122,12 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
         "file *.db (one replica only).",
     ),
     SettingDoc(
+        "EARMARK_VECTORS_URI",
+        "$EARMARK_HOME/search/vectors.db",
+        "Neural fingerprint index of search: a Milvus server http://HOST:19530, or a Milvus "
+        "Lite file *.db (one replica only); empty turns neural identification off.",
+    ),
+    SettingDoc(
         "EARMARK_MILVUS_TOKEN",
         "",
         "Milvus credentials (user:password or API key) when the server needs them.",
@@ -210,6 +216,7 @@ class Settings:
     log_level: str
     log_format: str
     otel_exporter: str
+    vectors_uri: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -289,4 +296,7 @@ def load_settings(service: str) -> Settings:
         log_level=_env("EARMARK_LOG_LEVEL", "INFO").upper(),
         log_format=log_format,
         otel_exporter=exporter,
+        vectors_uri=os.environ.get(
+            "EARMARK_VECTORS_URI", str(earmark_home() / "search" / "vectors.db")
+        ).strip(),
     )

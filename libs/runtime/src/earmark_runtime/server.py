@@ -3,7 +3,9 @@
 Health is real: a background task probes the service's dependencies and sets
 SERVING only while all of them answer, so a Kubernetes readiness probe takes a
 replica out of rotation when its database or NATS is gone. SIGTERM flips
-health to NOT_SERVING, lets in-flight calls finish, then stops.
+health to NOT_SERVING, lets in-flight calls finish, then stops. At most
+EARMARK_MAX_INFLIGHT calls run at once; more are refused with
+RESOURCE_EXHAUSTED and retry advice (see admission.py); health never is.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .admission import Admission
 from .auth import KeyStore
+from .config import load_settings
 from .interceptors import ServerInterceptor
 from .tls import TlsFiles, server_credentials
 
@@ -78,11 +82,19 @@ async def run_server(
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     keys: KeyStore | None = None,
     tls: TlsFiles | None = None,
+    max_inflight: int | None = None,
     grace_s: float = 5.0,
     probe_interval_s: float = 2.0,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; runs `background` tasks alongside."""
-    server = grpc.aio.server(interceptors=[ServerInterceptor(keys)], options=grpc_options())
+    """Serve until SIGTERM/SIGINT; runs `background` tasks alongside.
+
+    `max_inflight`: calls worked on at once (None: EARMARK_MAX_INFLIGHT).
+    """
+    limit = max_inflight if max_inflight is not None else load_settings("server").max_inflight
+    admission = Admission(limit)
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(keys, admission)], options=grpc_options()
+    )
     register(server)
     names = list(full_service_names)
     health_servicer = health.aio.HealthServicer()
@@ -104,7 +116,7 @@ async def run_server(
     if port == 0:
         raise OSError(f"could not bind gRPC server to {bind}")
     await server.start()
-    log.info("gRPC listening on %s", bind)
+    log.info("gRPC listening on %s (at most %d calls at once)", bind, limit)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import grpc
 
 from earmark.v1 import common_pb2, events_pb2, fingerprint_pb2, fingerprint_pb2_grpc
-from earmark_runtime import bus
+from earmark_runtime import bus, reindex
 from earmark_runtime.audio import AudioDecodeError
 from earmark_runtime.blobs import BlobNotFoundError
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
 
-from .extraction import fingerprint, samples_of
+from .extraction import fingerprint, neural_fingerprint, rescaled_fingerprints, samples_of
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = fingerprint_pb2.DESCRIPTOR.services_by_name["FingerprintService"].full_name
@@ -29,6 +30,11 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> fingerprint_pb2.ExtractFingerprintResponse:
         settings = self._ctx.settings
+        if not math.isfinite(request.max_duration_s) or request.max_duration_s < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"max_duration_s must be a number of seconds >= 0, got {request.max_duration_s}",
+            )
         try:
             samples = await samples_of(
                 request.audio,
@@ -36,21 +42,54 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
                 max_seconds=min(
                     request.max_duration_s or settings.max_duration_s, settings.max_duration_s
                 ),
+                memory_mb=settings.ffmpeg_memory_mb,
             )
         except AudioDecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         query = request.purpose != fingerprint_pb2.EXTRACTION_PURPOSE_INDEX
+        if request.rescale and not query:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "rescale applies to queries, not to indexing"
+            )
         landmarks = await fingerprint(samples, query=query)
-        return fingerprint_pb2.ExtractFingerprintResponse(landmarks=landmarks)
+        response = fingerprint_pb2.ExtractFingerprintResponse(landmarks=landmarks)
+        if request.rescale:
+            response.rescaled.extend(await rescaled_fingerprints(samples))
+        if request.neural:
+            response.neural.CopyFrom(await neural_fingerprint(samples, query=query))
+        return response
 
 
 class SubmissionFingerprinter:
-    """Consumer of earmark.submission.received: fingerprints the stored source."""
+    """Consumer of earmark.submission.received (new uploads) and of
+    earmark.reindex.requested (indexed tracks again): fingerprints the stored source."""
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
 
     async def handle(self, event: events_pb2.SubmissionReceived, delivery: bus.Delivery) -> None:
+        extracted = await self._extract(event, delivery)
+        await bus.publish(
+            self._ctx.js, bus.FINGERPRINT_EXTRACTED, extracted, f"extracted:{event.submission_id}"
+        )
+
+    async def handle_reindex(
+        self, event: events_pb2.SubmissionReceived, delivery: bus.Delivery
+    ) -> None:
+        """Same work; the result gets a message id of its own (see earmark_runtime.reindex)."""
+        extracted = await self._extract(event, delivery)
+        extracted.reindex = True
+        sequence = delivery.msg.metadata.sequence.stream if delivery.msg.metadata.sequence else 0
+        await bus.publish(
+            self._ctx.js,
+            bus.FINGERPRINT_EXTRACTED,
+            extracted,
+            reindex.extracted_id(event.submission_id, sequence),
+        )
+
+    async def _extract(
+        self, event: events_pb2.SubmissionReceived, delivery: bus.Delivery
+    ) -> events_pb2.FingerprintExtracted:
         try:
             data = await self._ctx.blob_store().get(event.blob_key)
         except BlobNotFoundError as exc:
@@ -60,15 +99,15 @@ class SubmissionFingerprinter:
                 common_pb2.AudioInput(encoded=data),
                 ffmpeg=self._ctx.settings.ffmpeg,
                 max_seconds=self._ctx.settings.max_duration_s,
+                memory_mb=self._ctx.settings.ffmpeg_memory_mb,
             )
         except AudioDecodeError as exc:
             raise bus.PermanentError(f"cannot decode source: {exc}") from exc
         await delivery.still_working()
         landmarks = await fingerprint(samples, query=False)
-        extracted = events_pb2.FingerprintExtracted(submission=event, landmarks=landmarks)
-        await bus.publish(
-            self._ctx.js, bus.FINGERPRINT_EXTRACTED, extracted, f"extracted:{event.submission_id}"
-        )
+        await delivery.still_working()
+        neural = await neural_fingerprint(samples, query=False)
+        return events_pb2.FingerprintExtracted(submission=event, landmarks=landmarks, neural=neural)
 
     async def give_up(self, event: events_pb2.SubmissionReceived, error: str) -> None:
         await bus.publish_rejection(
@@ -94,6 +133,19 @@ async def run() -> None:
             concurrency=ctx.settings.workers,
         )
     )
+    # One track at a time: a reindex of the whole catalog leaves the CPU to
+    # identify and to new uploads. No give-up hook: an indexed track that cannot
+    # be fingerprinted again keeps its old landmarks (the request is dead-lettered).
+    ctx.consumers.append(
+        bus.Consumer(
+            ctx.js,
+            role="fingerprint",
+            subject=reindex.REINDEX_REQUESTED,
+            message_type=events_pb2.SubmissionReceived,
+            handler=worker.handle_reindex,
+            concurrency=1,
+        )
+    )
     servicer = FingerprintServicer(ctx)
     await run_server(
         bind=ctx.settings.grpc_bind,
@@ -106,4 +158,5 @@ async def run() -> None:
         tls=ctx.tls,
         background=ctx.background_jobs(),
         on_shutdown=ctx.close,
+        max_inflight=ctx.settings.max_inflight,
     )

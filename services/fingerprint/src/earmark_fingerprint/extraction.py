@@ -6,16 +6,19 @@ import asyncio
 
 import numpy as np
 
-from earmark.v1 import common_pb2
+from earmark.v1 import common_pb2, fingerprint_pb2
 from earmark_runtime.audio import AudioDecodeError, decode_audio, pcm16_to_float
 
 from .landmarks import (
     ALGORITHM_VERSION,
+    RESCALE_FACTORS,
     SAMPLE_RATE_HZ,
     Landmarks,
     extract_landmarks,
     extract_query_landmarks,
+    extract_rescaled_query_landmarks,
 )
+from .neural import CATALOG_HOP_S, MODEL_NAME, QUERY_HOP_S, default_embedder
 
 
 def to_proto(landmarks: Landmarks) -> common_pb2.LandmarkFingerprint:
@@ -29,13 +32,21 @@ def to_proto(landmarks: Landmarks) -> common_pb2.LandmarkFingerprint:
 
 
 async def samples_of(
-    audio: common_pb2.AudioInput, *, ffmpeg: str, max_seconds: float
+    audio: common_pb2.AudioInput,
+    *,
+    ffmpeg: str,
+    max_seconds: float,
+    memory_mb: int | None = None,
 ) -> np.ndarray:
     """Decode an AudioInput to float32 mono at the fingerprinter's rate."""
     kind = audio.WhichOneof("source")
     if kind == "encoded":
         decoded = await decode_audio(
-            audio.encoded, sample_rate_hz=SAMPLE_RATE_HZ, ffmpeg=ffmpeg, max_seconds=max_seconds
+            audio.encoded,
+            sample_rate_hz=SAMPLE_RATE_HZ,
+            ffmpeg=ffmpeg,
+            max_seconds=max_seconds,
+            memory_mb=memory_mb,
         )
         samples = decoded.samples
     elif kind == "pcm":
@@ -57,3 +68,26 @@ async def fingerprint(samples: np.ndarray, *, query: bool) -> common_pb2.Landmar
     extract = extract_query_landmarks if query else extract_landmarks
     landmarks = await asyncio.to_thread(extract, samples)
     return to_proto(landmarks)
+
+
+async def rescaled_fingerprints(samples: np.ndarray) -> list[fingerprint_pb2.ScaledLandmarks]:
+    variants = await asyncio.to_thread(extract_rescaled_query_landmarks, samples)
+    return [
+        fingerprint_pb2.ScaledLandmarks(frequency_scale=scale, landmarks=to_proto(landmarks))
+        for scale, landmarks in zip(RESCALE_FACTORS, variants, strict=True)
+    ]
+
+
+async def neural_fingerprint(samples: np.ndarray, *, query: bool) -> common_pb2.NeuralFingerprint:
+    """Neural segments: every CATALOG_HOP_S for a track, a denser hop for a query so
+    that one of its segments lies near each catalog segment."""
+    embedder = await asyncio.to_thread(default_embedder)
+    hop_s = QUERY_HOP_S if query else CATALOG_HOP_S
+    emb = await asyncio.to_thread(embedder.embed, samples, hop_s)
+    return common_pb2.NeuralFingerprint(
+        model=MODEL_NAME,
+        dim=embedder.dim,
+        hop_s=hop_s,
+        vectors=np.ascontiguousarray(emb.vectors, dtype="<f4").tobytes(),
+        times=np.ascontiguousarray(emb.times_s, dtype="<f4").tobytes(),
+    )

@@ -11,15 +11,17 @@ from typing import Any
 
 import grpc
 
-from earmark.v1 import common_pb2, events_pb2, ingest_pb2, ingest_pb2_grpc
+from earmark.v1 import common_pb2, events_pb2, fingerprint_pb2_grpc, ingest_pb2, ingest_pb2_grpc
 from earmark_runtime import bus
 from earmark_runtime.blobs import BlobNotFoundError
 from earmark_runtime.ids import is_uuid, require_uuid
 from earmark_runtime.server import run_server
-from earmark_runtime.service import ServiceContext, start_context
+from earmark_runtime.service import ServiceContext, dial, start_context
 from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
+from earmark_runtime.telemetry import client_interceptors
 
 from .intake import RefusedError, accept
+from .reindexing import current_algorithm_version, request_reindex
 from .renditions import RenditionSpec, find_spec, parse_specs
 from .schema import MIGRATIONS, SCHEMA
 from .submissions import FINGERPRINTED, INDEXED, Submissions
@@ -42,10 +44,16 @@ async def _refuse(context: grpc.aio.ServicerContext, refusal: Refusal) -> None:
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, ctx: ServiceContext, submissions: Submissions) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        submissions: Submissions,
+        fingerprinter: fingerprint_pb2_grpc.FingerprintServiceStub | None = None,
+    ) -> None:
         self._ctx = ctx
         self._subs = submissions
         self._specs = parse_specs(ctx.settings.renditions)
+        self._fingerprinter = fingerprinter
 
     async def Upload(
         self,
@@ -181,6 +189,27 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         for start in range(0, len(data), DOWNLOAD_CHUNK_BYTES):
             yield ingest_pb2.DownloadResponse(chunk=data[start : start + DOWNLOAD_CHUNK_BYTES])
 
+    async def Reindex(
+        self, request: ingest_pb2.ReindexRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.ReindexResponse:
+        if self._fingerprinter is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "this ingest has no fingerprint service"
+            )
+        assert self._fingerprinter is not None
+        try:
+            version = await current_algorithm_version(self._fingerprinter)
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "cannot ask the fingerprint service for its algorithm version "
+                f"({exc.code().name}); retry shortly",
+            )
+            raise AssertionError("unreachable") from exc
+        return await request_reindex(
+            self._ctx.js, self._subs, version, force=request.force, dry_run=request.dry_run
+        )
+
 
 FINAL = {common_pb2.SUBMISSION_STATE_REJECTED, common_pb2.SUBMISSION_STATE_DELETED}
 ALL_STAGES = {"validated", "fingerprinted", "indexed", "analysed", "transcoded"}
@@ -244,8 +273,11 @@ class StatusTracker:
         self._subs = submissions
 
     async def on_extracted(self, event: events_pb2.FingerprintExtracted, d: bus.Delivery) -> None:
-        await self._subs.advance(event.submission.submission_id, FINGERPRINTED)
-        await self._subs.mark_stage(event.submission.submission_id, "fingerprinted", d.published_at)
+        submission_id = event.submission.submission_id
+        await self._subs.advance(submission_id, FINGERPRINTED)
+        await self._subs.mark_stage(submission_id, "fingerprinted", d.published_at)
+        # Also after a reindex: which algorithm the track's landmarks now come from.
+        await self._subs.record_fingerprint(submission_id, event.landmarks.algorithm_version)
 
     async def on_indexed(self, event: events_pb2.TrackIndexed, d: bus.Delivery) -> None:
         await self._subs.advance(event.submission_id, INDEXED, event.track_id)
@@ -337,7 +369,16 @@ async def run() -> None:
             ack_wait_s=120.0,
         )
     )
-    servicer = IngestServicer(ctx, submissions)
+    # Reindex asks fingerprint which algorithm version it runs.
+    channel = dial(ctx, ctx.settings.fingerprint_addr, client_interceptors(ctx.settings.api_key))
+    servicer = IngestServicer(
+        ctx, submissions, fingerprint_pb2_grpc.FingerprintServiceStub(channel)
+    )
+
+    async def shutdown() -> None:
+        await ctx.close()
+        await channel.close()
+
     await run_server(
         bind=ctx.settings.grpc_bind,
         full_service_names=[SERVICE_NAME],
@@ -348,5 +389,6 @@ async def run() -> None:
         keys=ctx.keys,
         tls=ctx.tls,
         background=[*ctx.background_jobs(), tracker.republish_outbox],
-        on_shutdown=ctx.close,
+        on_shutdown=shutdown,
+        max_inflight=ctx.settings.max_inflight,
     )

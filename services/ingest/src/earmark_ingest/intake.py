@@ -53,6 +53,7 @@ async def validate(
             sample_rate_hz=VALIDATION_RATE_HZ,
             ffmpeg=settings.ffmpeg,
             max_seconds=settings.max_duration_s,
+            memory_mb=settings.ffmpeg_memory_mb,
         )
     except AudioDecodeError as exc:
         raise RefusedError(Refusal(common_pb2.REJECTION_CODE_NOT_AUDIO, str(exc))) from exc

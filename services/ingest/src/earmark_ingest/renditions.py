@@ -6,7 +6,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from earmark_runtime.audio import default_ffmpeg, run_ffmpeg
+from earmark_runtime.audio import AudioDecodeError, default_ffmpeg, run_ffmpeg
 
 # format -> (file extension, ffmpeg encoder, muxer)
 FORMATS: dict[str, tuple[str, str, str]] = {
@@ -64,13 +64,26 @@ def find_spec(specs: list[RenditionSpec], wanted: str) -> RenditionSpec | None:
     return by_format[0] if by_format else None
 
 
-async def transcode(source: bytes, spec: RenditionSpec, *, timeout_s: float = 600.0) -> bytes:
-    """Encode `source` (any container ffmpeg reads) to `spec`. Stereo is kept."""
+async def transcode(
+    source: bytes,
+    spec: RenditionSpec,
+    *,
+    ffmpeg: str = "",
+    timeout_s: float = 600.0,
+    memory_mb: int | None = None,
+) -> bytes:
+    """Encode `source` (any container ffmpeg reads) to `spec`. Stereo is kept.
+
+    The same limits as decoding: the source is read from a pipe only (the
+    whitelist is an input option; the output file is ours), the first audio
+    stream alone is mapped, and ffmpeg runs under the time and memory limits
+    (`memory_mb` None: EARMARK_FFMPEG_MEMORY_MB).
+    """
     _ext, codec, muxer = FORMATS[spec.format]
     with tempfile.TemporaryDirectory(prefix="earmark-rendition-") as tmp:
         out = Path(tmp) / f"out.{spec.extension}"
         args = [
-            default_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error",
+            ffmpeg or default_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error",
             "-protocol_whitelist", "pipe",
             "-i", "pipe:0", "-map", "0:a:0", "-vn", "-sn", "-dn",
             "-c:a", codec, "-b:a", f"{spec.bitrate_kbps}k",
@@ -80,9 +93,13 @@ async def transcode(source: bytes, spec: RenditionSpec, *, timeout_s: float = 60
             "-f", muxer, str(out),
         ]  # fmt: skip
         try:
-            returncode, _, err = await run_ffmpeg(args, source, timeout_s=timeout_s)
+            returncode, _, err = await run_ffmpeg(
+                args, source, timeout_s=timeout_s, memory_mb=memory_mb
+            )
         except TimeoutError as exc:
             raise RenditionError(f"{spec.name}: transcoding took over {timeout_s:.0f} s") from exc
+        except AudioDecodeError as exc:  # over the memory limit
+            raise RenditionError(f"{spec.name}: {exc}") from exc
         if returncode != 0 or not out.exists():
             raise RenditionError(f"{spec.name}: {err.strip()[-300:]}")
         return out.read_bytes()

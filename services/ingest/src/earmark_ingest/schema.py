@@ -58,4 +58,20 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE submissions ADD COLUMN rendition_keys text[] NOT NULL DEFAULT '{}';
     """,
+    # The fingerprint algorithm version each submission was last fingerprinted with
+    # (0: unknown), so `earmark reindex` finds the tracks an algorithm change left
+    # behind; and whether a re-fingerprint was asked for and has not come back yet.
+    # Rows from before: taken from the catalog when it shares the database.
+    """
+    ALTER TABLE submissions ADD COLUMN algorithm_version integer NOT NULL DEFAULT 0;
+    ALTER TABLE submissions ADD COLUMN reindex_pending boolean NOT NULL DEFAULT false;
+    DO $$
+    BEGIN
+        IF to_regclass('catalog.tracks') IS NOT NULL THEN
+            UPDATE submissions s SET algorithm_version = t.algorithm_version
+            FROM catalog.tracks t WHERE t.track_id = s.submission_id;
+        END IF;
+    END
+    $$;
+    """,
 )

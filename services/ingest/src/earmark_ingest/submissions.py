@@ -253,6 +253,52 @@ class Submissions:
             )
             return cur.rowcount > 0
 
+    async def record_fingerprint(self, submission_id: str, algorithm_version: int) -> None:
+        """A fingerprint of the submission was extracted: its version; no reindex pending."""
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                f"UPDATE {SCHEMA}.submissions SET algorithm_version = %s, "  # noqa: S608
+                "reindex_pending = false WHERE submission_id = %s",
+                (algorithm_version, submission_id),
+            )
+
+    async def reindex_counts(self, current_version: int) -> tuple[int, int, int]:
+        """(indexed tracks, of which fingerprinted by another version, of which pending)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE algorithm_version <> %s), "  # noqa: S608
+                f"count(*) FILTER (WHERE reindex_pending) FROM {SCHEMA}.submissions "
+                "WHERE state = %s",
+                (current_version, INDEXED),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    async def to_reindex(self, current_version: int, *, force: bool) -> list[str]:
+        """Ids of the indexed submissions to fingerprint again, oldest first."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT submission_id::text FROM {SCHEMA}.submissions "  # noqa: S608
+                "WHERE state = %s AND (%s OR algorithm_version <> %s) ORDER BY created_at",
+                (INDEXED, force, current_version),
+            )
+            rows = await cur.fetchall()
+        return [str(r[0]) for r in rows]
+
+    async def mark_reindex_pending(self, ids: list[str]) -> list[events_pb2.SubmissionReceived]:
+        """Flag `ids` as waiting for a new fingerprint; their events, for those still
+        indexed (a track deleted meanwhile is left out)."""
+        async with self._pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(
+                f"UPDATE {SCHEMA}.submissions SET reindex_pending = true "  # noqa: S608
+                f"WHERE submission_id = ANY(%s::uuid[]) AND state = %s RETURNING {_COLUMNS}",
+                (ids, INDEXED),
+            )
+            rows = await cur.fetchall()
+        return [row_to_event(r) for r in rows]
+
     async def mark_deleted(self, submission_id: str) -> None:
         async with self._pool.connection() as conn:
             await conn.execute(

@@ -27,6 +27,7 @@ DEFAULT_REQUIRED = ("title", "artist")
 # Longest value kept; tags are untrusted and end up in the database.
 MAX_VALUE_CHARS = 1000
 MAX_EXTRA_KEYS = 64
+MAX_KEY_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,11 @@ def _clean(s: str) -> str:
     return s.strip()[:MAX_VALUE_CHARS]
 
 
+def _clean_key(s: str) -> str:
+    """A tag name: printable, no tabs, at most MAX_KEY_CHARS."""
+    return "".join(ch for ch in s if ch.isprintable()).strip()[:MAX_KEY_CHARS].strip()
+
+
 def _from_items(items: Iterable[tuple[Any, Any]]) -> TrackTags:
     main: dict[str, str] = {}
     extra: dict[str, str] = {}
@@ -199,8 +205,8 @@ def _from_items(items: Iterable[tuple[Any, Any]]) -> TrackTags:
         name = _KEY_MAP.get(key, key)
         if name in MAIN_FIELDS:
             main.setdefault(name, text)
-        elif len(extra) < MAX_EXTRA_KEYS and _clean(name):
-            extra.setdefault(_clean(name)[:64], text)
+        elif len(extra) < MAX_EXTRA_KEYS and _clean_key(name):
+            extra.setdefault(_clean_key(name), text)
     if main.get("isrc"):
         main["isrc"] = main["isrc"].replace("-", "").replace(" ", "").upper()
     return TrackTags(extra=extra, **main)
@@ -303,13 +309,27 @@ def _as_fields(metadata: Any) -> dict[str, str]:
 
 
 def merge(tags: TrackTags | Mapping[str, Any] | Any, request_metadata: Any) -> TrackTags:
-    """The file's tags with every non-empty value of the request laid over them."""
-    merged = _as_fields(tags)
+    """The file's tags with every non-empty value of the request laid over them.
+
+    The request is as untrusted as the file: its values are cleaned the same way
+    (printable, at most MAX_VALUE_CHARS), keys are at most MAX_KEY_CHARS and never
+    empty, and at most MAX_EXTRA_KEYS extras are kept, the request's first. Found by
+    tests/fuzz/test_fuzz_intake.py: control characters, empty keys and megabytes of
+    text went from an Upload header into the database and every event.
+    """
+    from_request: dict[str, str] = {}
     for key, value in _as_fields(request_metadata).items():
-        if value.strip():
-            merged[key] = value.strip()
-    main = {n: merged.pop(n, "") for n in MAIN_FIELDS}
-    return TrackTags(extra={k: v for k, v in merged.items() if v}, **main)
+        name, text = _clean_key(key), _clean(value)
+        if name and text:
+            from_request[name] = text
+    merged = {**_as_fields(tags), **from_request}
+    main = {n: _clean(merged.pop(n, "")) for n in MAIN_FIELDS}
+    extra: dict[str, str] = {}
+    for key in [*from_request, *merged]:
+        name, text = _clean_key(key), _clean(merged.get(key, ""))
+        if name and text and name not in MAIN_FIELDS and len(extra) < MAX_EXTRA_KEYS:
+            extra.setdefault(name, text)
+    return TrackTags(extra=extra, **main)
 
 
 def missing_fields(

@@ -41,9 +41,15 @@ class Transcoder:
         for spec in self._specs:
             await delivery.still_working()
             try:
-                data = await transcode(source, spec)
+                settings = self._ctx.settings
+                data = await transcode(
+                    source, spec, ffmpeg=settings.ffmpeg, memory_mb=settings.ffmpeg_memory_mb
+                )
                 decoded = await decode_audio(
-                    data, sample_rate_hz=8000, ffmpeg=self._ctx.settings.ffmpeg
+                    data,
+                    sample_rate_hz=8000,
+                    ffmpeg=settings.ffmpeg,
+                    memory_mb=settings.ffmpeg_memory_mb,
                 )
             except (RenditionError, AudioDecodeError) as exc:
                 raise bus.PermanentError(str(exc)) from exc
@@ -84,6 +90,7 @@ async def run() -> None:
         tls=ctx.tls,
         background=ctx.background_jobs(),
         on_shutdown=ctx.close,
+        max_inflight=ctx.settings.max_inflight,
     )
 
 

@@ -35,7 +35,7 @@ def check_audio(
             common_pb2.REJECTION_CODE_TOO_LONG,
             f"audio is longer than the {max_duration_s:.0f} s limit",
         )
-    if duration < min_duration_s:
+    if duration < min_duration_s or audio.samples.size == 0:
         return Refusal(
             common_pb2.REJECTION_CODE_TOO_SHORT,
             f"audio lasts {duration:.2f} s; at least {min_duration_s:.1f} s is required",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -26,14 +29,19 @@ from earmark_runtime.telemetry import client_interceptors
 
 from .catalog import Catalog
 from .duplicates import find_duplicate
-from .identify import identify, scan_recording
+from .identify import ClipExtras, NeuralQuery, ScaledQuery, identify, scan_recording
+from .live import monitor_events
+from .live_landmarks import SAMPLE_RATE_HZ
 from .schema import MIGRATIONS, SCHEMA
+from .vectors import SegmentStore, is_lite
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
 MAX_PAGE_SIZE = 1000
 # A two-hour show as 320 kbps MP3 is ~290 MB; beyond that, scan it in parts.
 MAX_SCAN_BYTES = 512 * 1024 * 1024
+# A monitored stream is analysed like a query clip: its frame grid is not the catalog's.
+MONITOR_EXTRACTION = fingerprint_pb2.EXTRACTION_PURPOSE_QUERY
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -42,10 +50,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         ctx: ServiceContext,
         catalog: Catalog,
         fingerprinter: fingerprint_pb2_grpc.FingerprintServiceStub,
+        segments: SegmentStore | None = None,
     ) -> None:
         self._ctx = ctx
         self._catalog = catalog
         self._fingerprinter = fingerprinter
+        self._segments = segments
 
     async def Identify(
         self, request: search_pb2.IdentifyRequest, context: grpc.aio.ServicerContext
@@ -65,13 +75,62 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         landmarks = await self._extract(audio, context, self._ctx.settings.max_clip_s)
         extracted_at = time.perf_counter()
         try:
-            response = await identify(self._catalog, landmarks, max(1, request.max_matches))
+            response = await identify(
+                self._catalog,
+                landmarks,
+                max(1, request.max_matches),
+                extras=lambda rescale, neural: self._extras(audio, context, rescale, neural),
+                vector_search=self._segments.search if self._segments else None,
+                method=request.method,
+            )
             response.timings.extract_ms = (extracted_at - started) * 1000
             response.timings.total_ms = (time.perf_counter() - started) * 1000
             return response
         except OSError as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"catalog unavailable: {exc}")
         raise AssertionError("unreachable")
+
+    async def _extras(
+        self,
+        audio: common_pb2.AudioInput,
+        context: grpc.aio.ServicerContext,
+        rescale: bool,
+        neural: bool,
+    ) -> ClipExtras:
+        """The clip's rescaled landmarks and/or neural segments (a second decode:
+        only clips that landmarks did not settle pay for it)."""
+        try:
+            extracted = await self._fingerprinter.ExtractFingerprint(
+                fingerprint_pb2.ExtractFingerprintRequest(
+                    audio=audio,
+                    purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
+                    max_duration_s=self._ctx.settings.max_clip_s,
+                    rescale=rescale,
+                    neural=neural,
+                ),
+                timeout=300,
+            )
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"fingerprint service unavailable: {exc.code().name}"
+            )
+            raise AssertionError("unreachable") from exc
+        rescaled = [
+            ScaledQuery(
+                frequency_scale=v.frequency_scale,
+                hashes=np.frombuffer(v.landmarks.hashes, dtype="<u4"),
+                times=np.frombuffer(v.landmarks.times, dtype="<u4"),
+            )
+            for v in extracted.rescaled
+        ]
+        vectors = None
+        if extracted.HasField("neural") and extracted.neural.dim:
+            nf = extracted.neural
+            vectors = NeuralQuery(
+                times_s=np.frombuffer(nf.times, dtype="<f4").astype(np.float64),
+                vectors=np.frombuffer(nf.vectors, dtype="<f4").reshape(-1, nf.dim),
+            )
+        return ClipExtras(rescaled=rescaled, neural=vectors)
 
     async def _extract(
         self,
@@ -128,6 +187,45 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise AssertionError("unreachable") from exc
         return timeline
 
+    async def Monitor(
+        self,
+        request_iterator: AsyncIterator[search_pb2.MonitorRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[search_pb2.MonitorEvent]:
+        async for event in monitor_events(
+            request_iterator,
+            context,
+            catalog=self._catalog,
+            extract=self._extract_window,
+            max_audio_s=self._ctx.settings.max_monitor_s,
+            ffmpeg=self._ctx.settings.ffmpeg,
+        ):
+            yield event
+
+    async def _extract_window(self, pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Landmarks of one stretch of a monitored stream (8 kHz mono PCM)."""
+        audio = common_pb2.AudioInput(
+            pcm=common_pb2.PcmAudio(
+                samples=pcm.astype("<i2").tobytes(), sample_rate_hz=SAMPLE_RATE_HZ, channels=1
+            )
+        )
+        try:
+            extracted = await self._fingerprinter.ExtractFingerprint(
+                fingerprint_pb2.ExtractFingerprintRequest(
+                    audio=audio,
+                    purpose=MONITOR_EXTRACTION,
+                    max_duration_s=pcm.size / SAMPLE_RATE_HZ + 1.0,
+                ),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ConnectionError(f"fingerprint service failed: {exc.code().name}") from exc
+        landmarks = extracted.landmarks
+        return (
+            np.frombuffer(landmarks.hashes, dtype="<u4"),
+            np.frombuffer(landmarks.times, dtype="<u4"),
+        )
+
     async def GetTrack(
         self, request: search_pb2.GetTrackRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.GetTrackResponse:
@@ -158,7 +256,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self, request: search_pb2.DeleteTrackRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.DeleteTrackResponse:
         await require_uuid(context, "track_id", request.track_id)
-        if not await self._catalog.delete_track(request.track_id):
+        if not await delete_everywhere(self._catalog, self._segments, request.track_id):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no track {request.track_id}")
         await bus.publish(
             self._ctx.js,
@@ -169,16 +267,36 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return search_pb2.DeleteTrackResponse()
 
 
-class Indexer:
-    """Consumer of earmark.fingerprint.extracted: writes the landmarks to the catalog."""
+async def delete_everywhere(catalog: Catalog, segments: SegmentStore | None, track_id: str) -> bool:
+    """Delete a track from PostgreSQL, then its vectors. A crash in between leaves
+    vectors of a track that no longer exists: identify drops answers whose track
+    is gone, and re-indexing a key overwrites its rows."""
+    track = await catalog.get_track(track_id)
+    if not await catalog.delete_track(track_id):
+        return False
+    if segments is not None and track is not None:
+        await asyncio.to_thread(segments.delete_track, track.track_key)
+    return True
 
-    def __init__(self, ctx: ServiceContext, catalog: Catalog) -> None:
+
+class Indexer:
+    """Consumer of earmark.fingerprint.extracted: writes the landmarks to the catalog
+    and the neural segments to Milvus (both idempotent, so a redelivery after a
+    crash between the two writes completes the second)."""
+
+    def __init__(
+        self, ctx: ServiceContext, catalog: Catalog, segments: SegmentStore | None = None
+    ) -> None:
         self._ctx = ctx
         self._catalog = catalog
+        self._segments = segments
 
     async def handle(self, event: events_pb2.FingerprintExtracted, delivery: bus.Delivery) -> None:
         if not is_uuid(event.submission.submission_id):
             raise bus.PermanentError(f"bad submission id {event.submission.submission_id!r}")
+        if event.reindex:
+            await self._reindex(event)
+            return
         policy = self._ctx.settings.duplicates
         sub = event.submission
         try:
@@ -192,8 +310,9 @@ class Indexer:
                         return
                     if duplicate is not None:
                         log.info("%s replaces track %s", sub.submission_id, duplicate[0])
-                        await self._catalog.delete_track(duplicate[0])
+                        await delete_everywhere(self._catalog, self._segments, duplicate[0])
                 await self._catalog.index_track(event)
+            await self._write_segments(event)
         except ValueError as exc:
             raise bus.PermanentError(str(exc)) from exc
         indexed = events_pb2.TrackIndexed(
@@ -205,6 +324,27 @@ class Indexer:
         await bus.publish(
             self._ctx.js, bus.TRACK_INDEXED, indexed, f"indexed:{event.submission.submission_id}"
         )
+
+    async def _reindex(self, event: events_pb2.FingerprintExtracted) -> None:
+        """New fingerprints of a catalog track; a track deleted meanwhile stays deleted."""
+        try:
+            if not await self._catalog.reindex_track(event):
+                log.info("reindex of deleted track %s ignored", event.submission.submission_id)
+                return
+            await self._write_segments(event)
+        except ValueError as exc:
+            raise bus.PermanentError(str(exc)) from exc
+
+    async def _write_segments(self, event: events_pb2.FingerprintExtracted) -> None:
+        nf = event.neural
+        if self._segments is None or not event.HasField("neural") or not nf.dim:
+            return
+        track = await self._catalog.get_track(event.submission.submission_id)
+        if track is None:
+            return
+        vectors = np.frombuffer(nf.vectors, dtype="<f4").reshape(-1, nf.dim)
+        times = np.frombuffer(nf.times, dtype="<f4")
+        await asyncio.to_thread(self._segments.write_track, track.track_key, times, vectors)
 
     async def _duplicate_of(
         self, event: events_pb2.FingerprintExtracted
@@ -257,12 +397,24 @@ class Indexer:
         )
 
 
+async def open_segments(uri: str) -> SegmentStore | None:
+    """The neural segment index, or None when EARMARK_VECTORS_URI is empty."""
+    if not uri:
+        log.info("EARMARK_VECTORS_URI is empty: neural identification is off")
+        return None
+    if is_lite(uri):
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    token = os.environ.get("EARMARK_MILVUS_TOKEN", "").strip()
+    return await asyncio.to_thread(SegmentStore, uri, token)
+
+
 async def run() -> None:
     ctx = await start_context("search", migrations=[(SCHEMA, MIGRATIONS)])
     catalog = Catalog(ctx.db())
     channel = dial(ctx, ctx.settings.fingerprint_addr, client_interceptors(ctx.settings.api_key))
     fingerprinter = fingerprint_pb2_grpc.FingerprintServiceStub(channel)
-    indexer = Indexer(ctx, catalog)
+    segments = await open_segments(ctx.settings.vectors_uri)
+    indexer = Indexer(ctx, catalog, segments)
     ctx.consumers.append(
         bus.Consumer(
             ctx.js,
@@ -283,11 +435,13 @@ async def run() -> None:
             handler=indexer.on_renditions,
         )
     )
-    servicer = SearchServicer(ctx, catalog, fingerprinter)
+    servicer = SearchServicer(ctx, catalog, fingerprinter, segments)
 
     async def shutdown() -> None:
         await ctx.close()
         await channel.close()
+        if segments is not None:
+            await asyncio.to_thread(segments.close)
 
     await run_server(
         bind=ctx.settings.grpc_bind,

@@ -189,17 +189,56 @@ class Catalog:
             row = await cur.fetchone()
             assert row is not None
             track_key = int(row[0])
-            await self._drop_landmarks(conn, track_key)
-            await conn.execute(
-                f"INSERT INTO {SCHEMA}.fingerprints (track_key, hashes, times) VALUES (%s, %s, %s)",  # noqa: S608
-                (track_key, hashes.view("<i4").tolist(), times.view("<i4").tolist()),
-            )
-            if len(hashes):
-                async with conn.cursor().copy(
-                    f"COPY {SCHEMA}.landmarks (hash, track_key, t) FROM STDIN (FORMAT BINARY)"
-                ) as copy:
-                    await copy.write(encode_postings(hashes, track_key, times))
+            await self._replace_landmarks(conn, track_key, hashes, times)
         return track_key
+
+    async def reindex_track(self, event: events_pb2.FingerprintExtracted) -> bool:
+        """Replace the landmarks of a track that is in the catalog; False if it is not.
+
+        For a re-fingerprint (`earmark reindex`): unlike index_track it never
+        creates the track, so a track deleted while its reindex request was in
+        flight stays deleted. One transaction: identify reads the old postings
+        until it commits (PostgreSQL snapshots), the new ones after.
+        """
+        lm = event.landmarks
+        hashes = np.frombuffer(lm.hashes, dtype="<u4")
+        times = np.frombuffer(lm.times, dtype="<u4")
+        if hashes.shape != times.shape:
+            raise ValueError("landmark hashes and times differ in length")
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"""
+                UPDATE {SCHEMA}.tracks SET landmark_count = %s, algorithm_version = %s,
+                    frame_rate_hz = %s, indexed_at = now()
+                WHERE track_id = %s RETURNING track_key
+                """,  # noqa: S608
+                (
+                    len(hashes),
+                    lm.algorithm_version,
+                    lm.frame_rate_hz,
+                    event.submission.submission_id,
+                ),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            await self._replace_landmarks(conn, int(row[0]), hashes, times)
+        return True
+
+    async def _replace_landmarks(
+        self, conn: AsyncConnection, track_key: int, hashes: np.ndarray, times: np.ndarray
+    ) -> None:
+        """The track's postings and fingerprint row become exactly `hashes`/`times`."""
+        await self._drop_landmarks(conn, track_key)
+        await conn.execute(
+            f"INSERT INTO {SCHEMA}.fingerprints (track_key, hashes, times) VALUES (%s, %s, %s)",  # noqa: S608
+            (track_key, hashes.view("<i4").tolist(), times.view("<i4").tolist()),
+        )
+        if len(hashes):
+            async with conn.cursor().copy(
+                f"COPY {SCHEMA}.landmarks (hash, track_key, t) FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                await copy.write(encode_postings(hashes, track_key, times))
 
     async def _drop_landmarks(self, conn: AsyncConnection, track_key: int) -> None:
         # Delete through the hash index using the track's own hash list, so no

@@ -12,9 +12,11 @@ import numpy as np
 
 from earmark.v1 import common_pb2, search_pb2
 
+from . import fusion
 from .catalog import Catalog
 from .matching import DEFAULT_MIN_ALIGNED, DEFAULT_MIN_RATIO, MatchCandidate, rank_matches
 from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
+from .vector_matching import Hit, rank_tracks
 
 # A clip that matches nothing as it is gets a second chance at a dozen frequency
 # scales (sped up, slowed down, pitch-shifted). Each scale is another chance for
@@ -33,9 +35,6 @@ class ScaledQuery:
     frequency_scale: float
     hashes: np.ndarray
     times: np.ndarray
-
-
-RescaledLandmarks = Callable[[], Awaitable[Sequence[ScaledQuery]]]
 
 
 def _confident_matches(
@@ -88,53 +87,121 @@ def best_rescaled_matches(
     return best
 
 
+@dataclass(frozen=True)
+class NeuralQuery:
+    times_s: np.ndarray  # segment starts in the clip, seconds
+    vectors: np.ndarray  # [n, dim] float32, unit length
+
+
+@dataclass(frozen=True)
+class ClipExtras:
+    """What a second fingerprint call brings, when the first answer is not enough."""
+
+    rescaled: Sequence[ScaledQuery] = ()
+    neural: NeuralQuery | None = None
+
+
+# (rescale, neural) -> the clip's rescaled landmarks and/or neural segments.
+ExtrasFetcher = Callable[[bool, bool], Awaitable[ClipExtras]]
+VectorSearch = Callable[[np.ndarray, int], Sequence[Sequence[Hit]]]
+
+AUTO: Final = search_pb2.IDENTIFY_METHOD_UNSPECIFIED
+_METHOD_ENUM: Final = {
+    fusion.LANDMARKS: search_pb2.IDENTIFY_METHOD_LANDMARKS,
+    fusion.NEURAL: search_pb2.IDENTIFY_METHOD_NEURAL,
+}
+
+
 async def identify(
     catalog: Catalog,
     landmarks: common_pb2.LandmarkFingerprint,
     max_matches: int,
-    rescaled: RescaledLandmarks | None = None,
+    *,
+    extras: ExtrasFetcher | None = None,
+    vector_search: VectorSearch | None = None,
+    method: int = AUTO,
 ) -> search_pb2.IdentifyResponse:
-    """Match a clip; when nothing matches and `rescaled` is given, try other speeds."""
+    """Landmarks (with the speed rescue) and/or neural search, fused.
+
+    AUTO asks the neural index only when landmarks are not already certain;
+    LANDMARKS and NEURAL use one method; FUSED always runs both.
+    """
     hashes = np.frombuffer(landmarks.hashes, dtype="<u4")
     times = np.frombuffer(landmarks.times, dtype="<u4").astype(np.int64)
     response = search_pb2.IdentifyResponse(
         query_duration_s=landmarks.duration_s, query_landmarks=len(hashes)
     )
-    if hashes.size == 0:
-        return response
-    started = time.perf_counter()
-    postings = await catalog.postings(hashes)
-    looked_up = time.perf_counter()
-    ranked = await asyncio.to_thread(_confident_matches, hashes, times, postings, max_matches)
-    response.timings.lookup_ms = (looked_up - started) * 1000
-    response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
-    response.postings = len(postings[0])
-    scale = 1.0
-    if not ranked and rescaled is not None and hashes.size >= RESCUE_MIN_LANDMARKS:
-        rescue_started = time.perf_counter()
-        queries = await rescaled()
-        if queries:
-            postings = await catalog.postings(np.concatenate([q.hashes for q in queries]))
-            scale, ranked = await asyncio.to_thread(
-                best_rescaled_matches, queries, postings, max_matches
-            )
-            response.postings += len(postings[0])
-        response.timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
-    if not ranked:
-        return response
-    tracks = await catalog.tracks_by_key([m.track_key for m in ranked])
     frame_s = 1.0 / landmarks.frame_rate_hz if landmarks.frame_rate_hz else 0.0
-    for match in ranked:
+    use_landmarks = method != search_pb2.IDENTIFY_METHOD_NEURAL
+    ranked: list[MatchCandidate] = []
+    if use_landmarks and hashes.size:
+        started = time.perf_counter()
+        postings = await catalog.postings(hashes)
+        looked_up = time.perf_counter()
+        ranked = await asyncio.to_thread(_confident_matches, hashes, times, postings, max_matches)
+        response.timings.lookup_ms = (looked_up - started) * 1000
+        response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
+        response.postings = len(postings[0])
+    landmark_found = fusion.from_landmarks(ranked, frame_s)
+
+    rescue = bool(use_landmarks and not ranked and extras and hashes.size >= RESCUE_MIN_LANDMARKS)
+    neural = vector_search is not None and (
+        method in (search_pb2.IDENTIFY_METHOD_NEURAL, search_pb2.IDENTIFY_METHOD_FUSED)
+        or (method == AUTO and (not ranked or ranked[0].confidence < fusion.CERTAIN))
+    )
+    neural_found: list[fusion.FusedMatch] = []
+    if extras is not None and (rescue or neural):
+        second_started = time.perf_counter()
+        more = await extras(rescue, neural)
+        extracted_at = time.perf_counter()
+        response.timings.extract_ms += (extracted_at - second_started) * 1000
+
+        async def run_rescue() -> list[fusion.FusedMatch]:
+            if not rescue or not more.rescaled:
+                return []
+            rescue_started = time.perf_counter()
+            queries = more.rescaled
+            rows = await catalog.postings(np.concatenate([q.hashes for q in queries]))
+            scale, found = await asyncio.to_thread(
+                best_rescaled_matches, queries, rows, max_matches
+            )
+            response.postings += len(rows[0])
+            response.timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
+            return fusion.from_landmarks(found, frame_s, scale)
+
+        async def run_neural() -> list[fusion.FusedMatch]:
+            if not neural or more.neural is None or vector_search is None:
+                return []
+            neural_started = time.perf_counter()
+            query = more.neural
+            found = await asyncio.to_thread(
+                rank_tracks,
+                query.times_s,
+                query.vectors,
+                vector_search,
+                max_matches=max_matches,
+            )
+            response.timings.neural_ms = (time.perf_counter() - neural_started) * 1000
+            return fusion.from_neural(found)
+
+        rescued, neural_found = await asyncio.gather(run_rescue(), run_neural())
+        landmark_found = landmark_found or rescued
+    fused = fusion.fuse(landmark_found, neural_found, max_matches)
+    if not fused:
+        return response
+    tracks = await catalog.tracks_by_key([m.track_key for m in fused])
+    for match in fused:
         track = tracks.get(match.track_key)
         if track is None:  # deleted between the lookup and now
             continue
         response.matches.append(
             search_pb2.Match(
                 track=track.to_proto(),
-                offset_s=match.offset_frames * frame_s,
-                score=float(match.score),
+                offset_s=match.offset_s,
+                score=match.score,
                 confidence=match.confidence,
-                frequency_scale=scale,
+                frequency_scale=match.frequency_scale,
+                methods=[_METHOD_ENUM[m] for m in match.methods],
             )
         )
     return response

@@ -73,7 +73,7 @@ def aligned_times(
     return np.unique(q_times[q_idx[hit]])
 
 
-def _window_matches(
+def window_matches(
     wh: npt.NDArray[np.int64], wt: npt.NDArray[np.int64], postings: Postings
 ) -> list[tuple[int, int, int, float]]:
     """Tracks heard in one window: (track, offset, score, confidence).
@@ -134,7 +134,7 @@ async def scan(
             continue
         wh, wt = q_hashes[lo:hi], q_times[lo:hi]
         postings = await lookup(wh)
-        for track_key, offset, score, confidence in _window_matches(wh, wt, postings):
+        for track_key, offset, score, confidence in window_matches(wh, wt, postings):
             voted = aligned_times(wh, wt, postings, track_key, offset)
             if voted.size < MIN_DISTINCT_TIMES:
                 continue

@@ -1,0 +1,273 @@
+"""Identification from neural segment vectors: top-k per segment, then offset-consistent scoring.
+
+A query clip gives one unit vector per segment (``earmark_fingerprint.neural``,
+dense hop); every catalog track gives one per segment at ``catalog_hop_s``. Each
+query segment's top-k neighbours ``(track_key, segment_time, similarity)`` each
+vote for where the clip would start in that track: ``segment_time -
+query_time``. The true (track, start) collects high similarities from most
+query segments at nearly the same start; chance neighbours scatter.
+
+Score of a candidate (track, start, speed): the mean over ALL query segments
+of the best similarity that segment has with that track at a start within
+``catalog_hop_s / 2`` (the catalog grid's alignment error), where query time t
+maps to track time ``start + speed * t`` for a speed in ``DEFAULT_SPEEDS``
+(+-5 %, so sped-up or slowed clips stay aligned over their whole length); a
+segment with no such neighbour counts its k-th similarity, an upper bound on
+what it could have had. So the score is comparable across clip lengths, and a clip that only
+matches in one segment scores low.
+
+Decision: a logistic model over (score, margin to the best other track, log
+number of segments) gives the confidence; below ``min_confidence`` there is no
+match. The constants were fitted for the shipped model on calibration data that
+excludes the benchmark's held-out tracks (docs/neural.md, "Calibration").
+
+Pure numpy; the search itself is a callable, so Milvus (``vectors``), exact
+search (``ExactIndex``) or a test double can serve it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+# (track_key, segment_time_s, similarity) — one neighbour of one query segment.
+Hit = tuple[int, float, float]
+# All query segments' vectors [n, dim] and k -> for each segment its hits, best first.
+SearchFn = Callable[[FloatArray, int], Sequence[Sequence[Hit]]]
+
+DEFAULT_K: Final = 20
+# Must equal the hop the catalog was embedded at (earmark_fingerprint.neural.CATALOG_HOP_S).
+DEFAULT_CATALOG_HOP_S: Final = 0.25
+# Playback speeds tried when aligning (vinyl / radio pitch-and-tempo changes up
+# to +-5 %): at a 1 % step a 10 s clip drifts at most 0.05 s from the best one.
+DEFAULT_SPEEDS: Final = tuple(round(1.0 + 0.01 * i, 2) for i in range(-5, 6))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """confidence = sigmoid(bias + w_score * score + w_margin * margin + w_log_n * ln(segments))."""
+
+    bias: float
+    w_score: float
+    w_margin: float
+    w_log_n: float
+    min_confidence: float
+
+    def confidence(
+        self, score: npt.ArrayLike, margin: npt.ArrayLike, segments: npt.ArrayLike
+    ) -> npt.NDArray[np.float64]:
+        z = (
+            self.bias
+            + self.w_score * np.asarray(score, dtype=np.float64)
+            + self.w_margin * np.asarray(margin, dtype=np.float64)
+            + self.w_log_n * np.log(np.maximum(np.asarray(segments, dtype=np.float64), 1.0))
+        )
+        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+
+# Fitted by `python -m earmark_training.calibrate` for nafp-small-v1 (docs/neural.md).
+DEFAULT_CALIBRATION: Final = Calibration(
+    bias=-12.0, w_score=12.0, w_margin=25.0, w_log_n=0.5, min_confidence=0.5
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    track_key: int
+    offset_s: float  # where the clip starts in the track
+    score: float  # mean aligned similarity over all query segments
+    aligned: int  # query segments with a neighbour at this alignment
+    segments: int  # query segments in the clip
+    speed: float = 1.0  # playback speed at the best alignment (1.05 = 5 % fast)
+
+
+@dataclass(frozen=True)
+class VectorMatch:
+    track_key: int
+    offset_s: float
+    score: float
+    margin: float  # score minus the best other track's (or the background level)
+    aligned: int
+    segments: int
+    confidence: float
+    speed: float = 1.0
+
+
+def hits_to_arrays(
+    hits: Sequence[Sequence[Hit]],
+) -> tuple[IntArray, IntArray, npt.NDArray[np.float64], npt.NDArray[np.float64], FloatArray]:
+    """(query segment, track, catalog time, similarity) columns, plus each segment's floor.
+
+    The floor of a segment is its lowest returned similarity: any catalog
+    segment it did not get back is at most that similar.
+    """
+    counts = np.array([len(h) for h in hits], dtype=np.int64)
+    total = int(counts.sum())
+    q = np.repeat(np.arange(len(hits), dtype=np.int64), counts)
+    track = np.empty(total, dtype=np.int64)
+    ctime = np.empty(total, dtype=np.float64)
+    sim = np.empty(total, dtype=np.float64)
+    floor = np.zeros(len(hits), dtype=np.float32)
+    i = 0
+    for seg, seg_hits in enumerate(hits):
+        for key, t, s in seg_hits:
+            track[i], ctime[i], sim[i] = key, t, s
+            i += 1
+        if seg_hits:
+            floor[seg] = min(h[2] for h in seg_hits)
+    return q, track, ctime, sim, floor
+
+
+def score_candidates(
+    query_times: npt.ArrayLike,
+    hits: Sequence[Sequence[Hit]],
+    *,
+    catalog_hop_s: float = DEFAULT_CATALOG_HOP_S,
+    speeds: Sequence[float] = DEFAULT_SPEEDS,
+) -> list[Candidate]:
+    """The best (track, start, speed) each track's hits support, best track first."""
+    qt = np.asarray(query_times, dtype=np.float64)
+    if qt.ndim != 1 or len(hits) != qt.size:
+        raise ValueError(f"{len(hits)} hit lists for {qt.size} query segments")
+    n = qt.size
+    q, track, ctime, sim, floor = hits_to_arrays(hits)
+    if q.size == 0:
+        return []
+    tolerance = catalog_hop_s / 2 + 1e-6
+    base = float(floor.sum())
+    gain_all = sim - floor[q]
+    order = np.argsort(track, kind="stable")
+    q, track, ctime, gain_all = q[order], track[order], ctime[order], gain_all[order]
+    bounds = np.flatnonzero(np.diff(track)) + 1
+    out: list[Candidate] = []
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, track.size], strict=True):
+        t_q, t_time, t_gain = q[lo:hi], ctime[lo:hi], gain_all[lo:hi]
+        best_total, best = -1.0, (0.0, 1.0, 0)
+        # Nearest to 1.0 first, so a tie keeps the plainer explanation.
+        for speed in sorted(speeds, key=lambda r: (abs(r - 1.0), r)):
+            # Query time t plays track time start + speed * t.
+            t_off = t_time - speed * qt[t_q]
+            # Candidate starts: the distinct starts this track's hits imply.
+            centres = np.unique(np.round(t_off, 3))
+            near = np.abs(t_off[None, :] - centres[:, None]) <= tolerance  # [cands, hits]
+            # Best gain per (candidate, query segment): each segment counts once.
+            per_seg = np.zeros((centres.size, n), dtype=np.float64)
+            rows = np.repeat(np.arange(centres.size), t_q.size)
+            np.maximum.at(per_seg, (rows, np.tile(t_q, centres.size)), (near * t_gain).ravel())
+            totals = per_seg.sum(axis=1)
+            c = int(np.argmax(totals))
+            if totals[c] > best_total + 1e-12:
+                # Refine the start: gain-weighted mean of the window's implied starts.
+                w = near[c] * t_gain
+                start = float(np.sum(w * t_off) / w.sum()) if w.sum() > 0 else float(centres[c])
+                best_total = float(totals[c])
+                best = (start, float(speed), int(np.count_nonzero(per_seg[c] > 0)))
+        out.append(
+            Candidate(
+                track_key=int(track[lo]),
+                offset_s=best[0],
+                score=(base + max(best_total, 0.0)) / n,
+                aligned=best[2],
+                segments=n,
+                speed=best[1],
+            )
+        )
+    out.sort(key=lambda c: c.score, reverse=True)
+    return out
+
+
+def decide(
+    candidates: Sequence[Candidate],
+    floor_score: float,
+    calibration: Calibration = DEFAULT_CALIBRATION,
+    max_matches: int = 1,
+) -> list[VectorMatch]:
+    """Matches whose confidence clears ``calibration.min_confidence``, best first.
+
+    The margin of a candidate is its score minus the best score of the tracks
+    ranked below it, or minus ``floor_score`` (the no-alignment level) when
+    none is.
+    """
+    out: list[VectorMatch] = []
+    for i, cand in enumerate(candidates[:max_matches]):
+        runner_up = candidates[i + 1].score if i + 1 < len(candidates) else floor_score
+        margin = cand.score - runner_up
+        conf = float(calibration.confidence(cand.score, margin, cand.segments))
+        if conf < calibration.min_confidence:
+            break
+        out.append(
+            VectorMatch(
+                cand.track_key,
+                cand.offset_s,
+                cand.score,
+                margin,
+                cand.aligned,
+                cand.segments,
+                conf,
+                cand.speed,
+            )
+        )
+    return out
+
+
+def rank_tracks(
+    query_times: npt.ArrayLike,
+    query_vectors: npt.ArrayLike,
+    search: SearchFn,
+    *,
+    k: int = DEFAULT_K,
+    catalog_hop_s: float = DEFAULT_CATALOG_HOP_S,
+    speeds: Sequence[float] = DEFAULT_SPEEDS,
+    calibration: Calibration = DEFAULT_CALIBRATION,
+    max_matches: int = 1,
+) -> list[VectorMatch]:
+    """Search every query segment in one call, score alignments, keep confident matches."""
+    vecs = np.ascontiguousarray(query_vectors, dtype=np.float32)
+    qt = np.asarray(query_times, dtype=np.float64)
+    if vecs.ndim != 2 or vecs.shape[0] != qt.size:
+        raise ValueError(f"{vecs.shape} vectors for {qt.size} query times")
+    if qt.size == 0:
+        return []
+    hits = search(vecs, k)
+    candidates = score_candidates(qt, hits, catalog_hop_s=catalog_hop_s, speeds=speeds)
+    floor_score = float(np.mean([min((h[2] for h in hs), default=0.0) for hs in hits]))
+    return decide(candidates, floor_score, calibration, max_matches)
+
+
+class ExactIndex:
+    """Exact inner-product search over catalog segments in memory (benchmarks, tests, recall)."""
+
+    def __init__(
+        self, vectors: npt.ArrayLike, track_keys: npt.ArrayLike, times_s: npt.ArrayLike
+    ) -> None:
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.track_keys = np.asarray(track_keys, dtype=np.int64)
+        self.times_s = np.asarray(times_s, dtype=np.float64)
+        if not (self.vectors.shape[0] == self.track_keys.size == self.times_s.size):
+            raise ValueError("vectors, track_keys and times_s must have the same length")
+
+    def top_k(self, queries: npt.ArrayLike, k: int) -> tuple[IntArray, FloatArray]:
+        """Row indices [n, k] and similarities [n, k], best first."""
+        sims = np.asarray(queries, dtype=np.float32) @ self.vectors.T
+        k = min(k, self.vectors.shape[0])
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        part = np.take_along_axis(sims, idx, axis=1)
+        order = np.argsort(-part, axis=1, kind="stable")
+        return np.take_along_axis(idx, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+    def search(self, queries: FloatArray, k: int) -> list[list[Hit]]:
+        if self.vectors.shape[0] == 0:
+            return [[] for _ in range(len(queries))]
+        idx, sims = self.top_k(queries, k)
+        keys, times = self.track_keys[idx], self.times_s[idx]
+        return [
+            list(zip(keys[i].tolist(), times[i].tolist(), sims[i].tolist(), strict=True))
+            for i in range(idx.shape[0])
+        ]

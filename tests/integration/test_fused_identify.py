@@ -1,0 +1,88 @@
+"""Neural segments in Milvus Lite and the fused identify, on the real stack."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from bench.synthetic import song, wav_bytes
+from earmark import Earmark
+from earmark.v1 import common_pb2, search_pb2, search_pb2_grpc
+from earmark_stack import StackInfo
+
+SR = 22050
+SEEDS = (301, 302, 303)
+LANDMARKS = search_pb2.IDENTIFY_METHOD_LANDMARKS
+NEURAL = search_pb2.IDENTIFY_METHOD_NEURAL
+FUSED = search_pb2.IDENTIFY_METHOD_FUSED
+
+
+@pytest.fixture(scope="module")
+def fused_catalog(client: Earmark) -> dict[int, str]:
+    submitted = {
+        seed: client.upload(
+            wav_bytes(song(seed, seconds=30)),
+            external_id=f"fused-{seed}",
+            metadata={"title": f"Fused {seed}", "artist": "Synth"},
+        ).submission_id
+        for seed in SEEDS
+    }
+    final = client.wait(list(submitted.values()), timeout_s=180)
+    assert [s.state for s in final] == ["INDEXED"] * len(SEEDS)
+    return {seed: s.track_id for seed, s in zip(submitted, final, strict=True)}
+
+
+def identify(stack: StackInfo, clip: np.ndarray, method: int) -> search_pb2.IdentifyResponse:
+    with grpc.insecure_channel(stack.addr("search")) as channel:
+        reply: search_pb2.IdentifyResponse = search_pb2_grpc.SearchServiceStub(channel).Identify(
+            search_pb2.IdentifyRequest(
+                audio=common_pb2.AudioInput(encoded=wav_bytes(clip)), method=method
+            ),
+            timeout=60,
+        )
+    return reply
+
+
+def test_fused_identify_reports_both_methods(
+    stack: StackInfo, fused_catalog: dict[int, str]
+) -> None:
+    clip = song(302, seconds=30)[10 * SR : 15 * SR]
+    reply = identify(stack, clip, FUSED)
+    assert reply.matches, "no match"
+    best = reply.matches[0]
+    assert best.track.track_id == fused_catalog[302]
+    assert set(best.methods) == {LANDMARKS, NEURAL}
+    assert best.offset_s == pytest.approx(10.0, abs=0.2)
+    assert reply.timings.neural_ms > 0
+
+
+def test_neural_alone_finds_the_track_in_milvus(
+    stack: StackInfo, fused_catalog: dict[int, str]
+) -> None:
+    clip = song(303, seconds=30)[12 * SR : 17 * SR]
+    reply = identify(stack, clip, NEURAL)
+    assert reply.matches, "no neural match"
+    best = reply.matches[0]
+    assert best.track.track_id == fused_catalog[303]
+    assert list(best.methods) == [NEURAL]
+    assert best.offset_s == pytest.approx(12.0, abs=1.0)
+    assert reply.postings == 0  # no landmark lookup was made
+
+
+def test_out_of_catalog_clip_matches_nothing_fused(
+    stack: StackInfo, fused_catalog: dict[int, str]
+) -> None:
+    stranger = song(7777, seconds=12)[2 * SR : 8 * SR]
+    assert identify(stack, stranger, FUSED).matches == []
+
+
+def test_deleting_a_track_removes_its_vectors(
+    stack: StackInfo, client: Earmark, fused_catalog: dict[int, str]
+) -> None:
+    clip = song(301, seconds=30)[5 * SR : 10 * SR]
+    before = identify(stack, clip, NEURAL)
+    assert before.matches and before.matches[0].track.track_id == fused_catalog[301]
+    client.delete_track(fused_catalog[301])
+    after = identify(stack, clip, NEURAL)
+    assert all(m.track.track_id != fused_catalog[301] for m in after.matches)

@@ -1,0 +1,105 @@
+"""The shipped neural fingerprint model and its numpy frontend (no torch)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from bench.synthetic import add_noise, song
+from earmark_fingerprint import neural_frontend as fe
+from earmark_fingerprint.neural import (
+    CATALOG_HOP_S,
+    NeuralEmbedder,
+    default_embedder,
+    default_providers,
+    hop_frames,
+)
+
+SR = fe.SAMPLE_RATE_HZ
+
+
+@pytest.fixture(scope="module")
+def embedder() -> NeuralEmbedder:
+    return default_embedder()
+
+
+def test_serving_does_not_import_torch(embedder: NeuralEmbedder) -> None:
+    embedder.embed(song(1, 3.0, SR))
+    assert "torch" not in sys.modules
+
+
+def test_shipped_model_loads_on_the_cpu(embedder: NeuralEmbedder) -> None:
+    assert embedder.dim == embedder.meta["dim"] == 128
+    assert "CPUExecutionProvider" in embedder.providers
+    assert embedder.meta["parameters"] <= 5_000_000
+    assert default_embedder() is embedder  # loaded once per process
+
+
+def test_cuda_is_preferred_only_when_available() -> None:
+    assert default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert default_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+
+
+def test_embeddings_are_unit_length_and_deterministic(embedder: NeuralEmbedder) -> None:
+    x = song(2, 12.0, SR) * 0.5
+    first = embedder.embed(x)
+    again = NeuralEmbedder(embedder.path, threads=1, batch_size=3).embed(x)
+    assert first.vectors.shape == (first.times_s.size, 128)
+    np.testing.assert_allclose(np.linalg.norm(first.vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(first.vectors, again.vectors, atol=1e-6)
+    np.testing.assert_allclose(np.diff(first.times_s), CATALOG_HOP_S)
+
+
+def test_short_and_empty_clips(embedder: NeuralEmbedder) -> None:
+    assert embedder.embed(np.zeros(0, np.float32)).vectors.shape == (0, 128)
+    one = embedder.embed(song(3, 1.0, SR))  # 1 s is a little under one segment: padded
+    assert one.vectors.shape == (1, 128) and one.times_s.tolist() == [0.0]
+    with pytest.raises(ValueError):
+        embedder.embed(np.zeros((2, 8000), np.float32))
+    with pytest.raises(ValueError):
+        hop_frames(0.01)
+
+
+def test_dense_query_hop(embedder: NeuralEmbedder) -> None:
+    res = embedder.embed(song(4, 3.0, SR), hop_s=0.125)
+    np.testing.assert_allclose(np.diff(res.times_s), 0.125)
+
+
+def test_offset_clip_matches_its_own_track_segments(embedder: NeuralEmbedder) -> None:
+    """A noisy clip cut 0.5 s into a song finds that song's segments at the right times."""
+    own = song(11, 20.0, SR) * 0.5
+    other = song(12, 20.0, SR) * 0.5
+    cat_own, cat_other = embedder.embed(own, hop_s=0.5), embedder.embed(other, hop_s=0.5)
+    clip = add_noise(own[SR // 2 : SR // 2 + 6 * SR], snr_db=10, seed=5)
+    query = embedder.embed(clip, hop_s=0.5)
+    sims_own = query.vectors @ cat_own.vectors.T  # [query segments, own segments]
+    sims_other = query.vectors @ cat_other.vectors.T
+    # Query segment j starts at 0.5 + 0.5 j s in the song: own segment j + 1.
+    j = np.arange(query.times_s.size)
+    aligned = sims_own[j, j + 1]
+    assert np.all(aligned > sims_other.max(axis=1))
+    assert np.mean(np.argmax(sims_own, axis=1) == j + 1) >= 0.8
+
+
+def test_frontend_whole_signal_slices_equal_batch_excerpts() -> None:
+    x = song(5, 4.0, SR)
+    mel = fe.log_mel(x)
+    starts = fe.segment_starts(mel.shape[0], 16)
+    sliced = fe.segments(mel, starts)
+    excerpts = np.stack([x[s * fe.HOP : s * fe.HOP + fe.SEGMENT_SAMPLES] for s in starts])
+    np.testing.assert_allclose(sliced, fe.log_mel_batch(excerpts), atol=1e-3)
+    assert sliced.shape[1:] == (fe.N_MELS, fe.SEGMENT_FRAMES)
+
+
+def test_mel_filters_cover_the_band() -> None:
+    mel = fe.mel_matrix()
+    assert mel.shape == (fe.N_FFT // 2 + 1, fe.N_MELS)
+    np.testing.assert_allclose(mel.sum(axis=0), 1.0, rtol=1e-5)
+    bins_hz = np.arange(mel.shape[0]) * SR / fe.N_FFT
+    used = bins_hz[mel.sum(axis=1) > 0]
+    assert used.min() >= fe.F_MIN_HZ - SR / fe.N_FFT and used.max() <= fe.F_MAX_HZ

@@ -1,0 +1,126 @@
+"""Offset-consistent sequence scoring over neural segment neighbours (pure numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from earmark_search.vector_matching import (
+    DEFAULT_CALIBRATION,
+    Calibration,
+    ExactIndex,
+    Hit,
+    decide,
+    rank_tracks,
+    score_candidates,
+)
+
+DIM = 128
+HOP = 0.5
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> tuple[ExactIndex, dict[int, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    tracks = {key: unit(rng.standard_normal((120, DIM))) for key in (3, 7, 9)}
+    vecs = np.concatenate(list(tracks.values()))
+    keys = np.concatenate([np.full(120, k) for k in tracks])
+    times = np.concatenate([np.arange(120) * HOP for _ in tracks])
+    return ExactIndex(vecs, keys, times), tracks
+
+
+def noisy(x: np.ndarray, level: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return unit(x + level * rng.standard_normal(x.shape) / np.sqrt(DIM))
+
+
+def test_exact_index_returns_true_top_k(catalog: tuple[ExactIndex, dict[int, np.ndarray]]) -> None:
+    index, _ = catalog
+    q = unit(np.random.default_rng(1).standard_normal((5, DIM)))
+    idx, sims = index.top_k(q, 7)
+    brute = np.argsort(-(q @ index.vectors.T), axis=1)[:, :7]
+    np.testing.assert_array_equal(idx, brute)
+    assert np.all(np.diff(sims, axis=1) <= 0)
+
+
+def test_picks_the_right_track_and_offset(
+    catalog: tuple[ExactIndex, dict[int, np.ndarray]],
+) -> None:
+    index, tracks = catalog
+    # A 10-segment clip starting 20 s (segment 40) into track 7, degraded.
+    q = noisy(tracks[7][40:50], level=0.8, seed=2)
+    times = np.arange(10) * HOP
+    matches = rank_tracks(times, q, index.search, k=10, catalog_hop_s=HOP)
+    assert len(matches) == 1
+    m = matches[0]
+    assert m.track_key == 7
+    assert m.offset_s == pytest.approx(20.0, abs=0.01)
+    assert m.aligned == 10 and m.segments == 10
+    assert m.confidence >= DEFAULT_CALIBRATION.min_confidence
+
+
+def test_no_match_on_noise(catalog: tuple[ExactIndex, dict[int, np.ndarray]]) -> None:
+    index, _ = catalog
+    for seed in range(5):
+        q = unit(np.random.default_rng(100 + seed).standard_normal((8, DIM)))
+        assert rank_tracks(np.arange(8) * HOP, q, index.search) == []
+
+
+def test_consistent_alignment_beats_scattered_strong_hits() -> None:
+    # Track 1: every query segment agrees on start 10 s with 0.6 similarity.
+    # Track 2: higher similarities (0.9) but each at a different start.
+    hits: list[list[Hit]] = []
+    for j in range(6):
+        hits.append([(2, 100.0 + 7 * j, 0.9), (1, 10.0 + HOP * j, 0.6), (5, 3.0, 0.2)])
+    cands = score_candidates(np.arange(6) * HOP, hits, catalog_hop_s=HOP)
+    assert cands[0].track_key == 1
+    assert cands[0].offset_s == pytest.approx(10.0)
+    assert cands[0].aligned == 6
+    assert cands[0].score > cands[1].score
+
+
+def test_alignment_tolerates_catalog_grid_error() -> None:
+    # Dense query hop against a 0.5 s catalog grid: implied starts spread over +-0.25 s.
+    qt = np.arange(8) * 0.125
+    true_start = 30.1
+    hits = [[(4, round((true_start + t) / HOP) * HOP, 0.7)] for t in qt]
+    (best,) = score_candidates(qt, hits, catalog_hop_s=HOP)
+    assert best.aligned == 8
+    assert abs(best.offset_s - true_start) <= 0.25
+
+
+def test_ambiguous_tracks_lower_the_confidence() -> None:
+    qt = np.arange(4) * HOP
+    one = [[(1, 5.0 + t, 0.8), (2, 50.0, 0.1)] for t in qt]
+    two = [[(1, 5.0 + t, 0.8), (2, 40.0 + t, 0.8)] for t in qt]
+    cal = Calibration(bias=-8.0, w_score=8.0, w_margin=10.0, w_log_n=0.5, min_confidence=0.0)
+    clear = decide(score_candidates(qt, one, catalog_hop_s=HOP), 0.1, cal)[0]
+    tied = decide(score_candidates(qt, two, catalog_hop_s=HOP), 0.1, cal)[0]
+    assert tied.margin == pytest.approx(0.0)
+    assert clear.confidence > tied.confidence
+
+
+def test_empty_and_mismatched_inputs(catalog: tuple[ExactIndex, dict[int, np.ndarray]]) -> None:
+    index, _ = catalog
+    assert rank_tracks(np.zeros(0), np.zeros((0, DIM), np.float32), index.search) == []
+    assert score_candidates(np.arange(2.0), [[], []]) == []
+    with pytest.raises(ValueError):
+        rank_tracks(np.arange(3.0), np.zeros((2, DIM), np.float32), index.search)
+
+
+def test_speed_changed_clip_stays_aligned() -> None:
+    # 10 s clip played 4 % fast: query time t is track time 50 + 1.04 t.
+    qt = np.arange(0, 9.0, 0.125)
+    hits = [[(6, round((50.0 + 1.04 * t) / 0.25) * 0.25, 0.7), (8, 20.0 + t, 0.5)] for t in qt]
+    best = score_candidates(qt, hits, catalog_hop_s=0.25)[0]
+    assert best.track_key == 6
+    assert best.speed == pytest.approx(1.04)
+    assert best.aligned == qt.size
+    assert best.offset_s == pytest.approx(50.0, abs=0.13)
+    # Held to speed 1.0 the same hits drift out of the window.
+    plain = score_candidates(qt, hits, catalog_hop_s=0.25, speeds=(1.0,))[0]
+    assert plain.aligned < qt.size

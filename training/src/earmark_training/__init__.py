@@ -1,0 +1,1 @@
+"""Training, ONNX export and evaluation of Earmark's neural audio fingerprint."""

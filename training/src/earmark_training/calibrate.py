@@ -1,0 +1,128 @@
+"""Fit the match decision of `earmark_search.vector_matching` without touching held-out tracks.
+
+Usage::
+
+    python -m earmark_training.calibrate --corpus ~/.cache/earmark/corpus [--out FILE]
+
+Calibration data (docs/neural.md, "Calibration"):
+- index: the catalog tracks the model never trained on ("unseen catalog");
+- positives: degraded excerpts of those tracks, drawn with seed 1 (the
+  evaluation uses seed 0, so the excerpts differ);
+- negatives: degraded excerpts of the training tracks, which are not in this
+  index, so every match is a false positive.
+The benchmark's held-out tracks are not read, so the false-positive rate that
+`earmark_training.evaluate` measures on them is an honest test of these
+constants.
+
+A logistic regression over (score, margin, ln segments) gives the confidence
+(label: the best candidate is the right track); ``min_confidence`` is then the
+lowest level at which at most ``--target-fp`` of the calibration negatives are
+accepted (and never below 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from bench.corpus import DEFAULT_CORPUS_DIR
+from bench.degrade import DEFAULT_LENGTHS
+from earmark_fingerprint.neural import CATALOG_HOP_S, NeuralEmbedder, model_path
+from earmark_search.vector_matching import DEFAULT_K, Calibration
+from earmark_training.data import corpus_split
+from earmark_training.evalset import Scored, build_index, query_set, score_queries
+
+CALIBRATION_SEED = 1
+
+
+def features(scored: list[Scored]) -> npt.NDArray[np.float64]:
+    return np.array(
+        [[s.score, s.margin, np.log(max(s.segments, 1))] for s in scored], dtype=np.float64
+    )
+
+
+def fit_logistic(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float = 1e-3, iters: int = 50
+) -> npt.NDArray[np.float64]:
+    """Weights [bias, w...] by Newton's method (IRLS) with a small ridge."""
+    xb = np.hstack([np.ones((x.shape[0], 1)), x])
+    w = np.zeros(xb.shape[1])
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-(xb @ w)))
+        grad = xb.T @ (p - y) + l2 * w
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb + l2 * np.eye(w.size)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-8:
+            break
+    return w
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m earmark_training.calibrate", description=__doc__)
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS_DIR)
+    ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: shipped)")
+    ap.add_argument("--target-fp", type=float, default=0.002)
+    ap.add_argument("--k", type=int, default=DEFAULT_K)
+    ap.add_argument("--cache", type=Path, default=Path("/work/runs/cache"))
+    ap.add_argument("--out", type=Path, default=None, help="write the constants as JSON here")
+    args = ap.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    split = corpus_split(args.corpus)
+    embedder = NeuralEmbedder(args.model or model_path(), threads=1)
+    index = build_index(embedder, split.unseen_catalog, CATALOG_HOP_S, args.cache, log)
+    queries = query_set(
+        "calibration",
+        split.unseen_catalog,
+        split.train,
+        split.train,
+        seed=CALIBRATION_SEED,
+        lengths=DEFAULT_LENGTHS,
+        conditions=None,
+        cache_dir=args.cache,
+        log=log,
+    )
+    scored = score_queries(embedder, index, queries, k=args.k, catalog_hop_s=CATALOG_HOP_S)
+    y = np.array(
+        [(not s.query.negative) and s.track_id == s.query.track_id for s in scored], dtype=float
+    )
+    x = features(scored)
+    w = fit_logistic(x, y)
+    cal = Calibration(float(w[0]), float(w[1]), float(w[2]), float(w[3]), 0.5)
+    neg = np.array([s.query.negative for s in scored])
+    conf = cal.confidence(x[:, 0], x[:, 1], [s.segments for s in scored])
+    neg_conf = np.sort(conf[neg])
+    allowed = int(np.floor(args.target_fp * neg_conf.size))
+    # Accept only above the (allowed+1)-th highest negative confidence.
+    threshold = float(neg_conf[-(allowed + 1)]) if neg_conf.size > allowed else 0.5
+    threshold = max(0.5, float(np.nextafter(threshold, 1.0)))
+    cal = Calibration(cal.bias, cal.w_score, cal.w_margin, cal.w_log_n, threshold)
+    accepted = conf >= threshold
+    summary = {
+        "calibration": asdict(cal),
+        "queries": len(scored),
+        "negatives": int(neg.sum()),
+        "negatives_accepted": int(np.sum(accepted & neg)),
+        "positives_right_and_accepted": int(np.sum(accepted & (y == 1))),
+        "positives": int(np.sum(~neg)),
+        "positives_wrong_track_accepted": int(np.sum(accepted & ~neg & (y == 0))),
+        "k": args.k,
+        "model": str(embedder.path.name),
+    }
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
