@@ -36,12 +36,12 @@ CHART = ROOT / "charts" / "earmark"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "earmark"
 NAMESPACE = "music"
-SERVICES = ("ingest", "fingerprint", "search", "features")
+SERVICES = ("ingest", "fingerprint", "search", "features", "monitor")
 # Workers: Deployments with no API (no Service), run from another service's image:
 # worker -> (image's service, module run with `python -m`).
 WORKERS = {"transcoder": ("ingest", "earmark_ingest.transcoder")}
 DEPLOYMENTS = SERVICES + tuple(WORKERS)
-DB_SERVICES = ("ingest", "search", "features")
+DB_SERVICES = ("ingest", "search", "features", "monitor")
 BLOB_SERVICES = ("ingest", "fingerprint", "features", "transcoder")
 # The oldest Kubernetes the chart supports (native gRPC probes are GA from 1.27) and the
 # newest schema kubernetes-validate ships.
@@ -53,9 +53,6 @@ LEFT_TO_DEFAULTS = {
     "EARMARK_FFMPEG": "the ffmpeg inside the imageio-ffmpeg wheel is the right one",
     "EARMARK_MILVUS_TOKEN": "the in-cluster Milvus needs none; extraEnv for a secured one",
     "EARMARK_INGEST_ROOT": "bulk ingestion by events needs a shared volume: off in the chart",
-    "EARMARK_SEARCH_ADDR": "the monitor service joins the chart with issue #7",
-    "EARMARK_MAX_MONITOR_S": "the monitor service joins the chart with issue #7",
-    "EARMARK_MONITOR_STREAMS": "the monitor service joins the chart with issue #7",
 }
 # Settings the chart sets on every Deployment only when a switch of its values is on.
 SET_WHEN_ENABLED = {
@@ -66,7 +63,7 @@ SET_WHEN_ENABLED = {
     "EARMARK_TLS_CA": "tls",
 }
 # Deployments that run ffmpeg children (earmark_runtime.audio).
-FFMPEG_DEPLOYMENTS = ("ingest", "fingerprint", "features", "transcoder")
+FFMPEG_DEPLOYMENTS = ("ingest", "fingerprint", "features", "transcoder", "monitor")
 HELM_INSTALL_HINT = (
     "Helm is not available: `pip install helm-python-sdk` (the PyPI wheel bundles Helm v4's "
     "Go SDK; import helm_python) or put a `helm` binary on PATH"
@@ -465,8 +462,11 @@ def test_defaults_run_everything_in_cluster() -> None:
     assert {p["metadata"]["name"] for p in rel.of_kind("PodDisruptionBudget")} == {
         f"{RELEASE}-{svc}" for svc in DEPLOYMENTS
     }
+    defaults = _load_values(CHART / "values.yaml")
     for svc in DEPLOYMENTS:
-        assert rel.deployment(svc)["spec"]["replicas"] == 1
+        # One replica each, but two monitors: a stream moves to the other when one goes.
+        assert rel.deployment(svc)["spec"]["replicas"] == defaults[svc]["replicaCount"]
+        assert defaults[svc]["replicaCount"] == (2 if svc == "monitor" else 1)
         assert rel.container(svc)["image"] == f"earmark/{image_of(svc)}:0.1.0"
     nats_url = rel.secret_value(f"{RELEASE}-secrets", "nats-url")
     assert nats_url == f"nats://{RELEASE}-nats.{NAMESPACE}.svc:4222"
@@ -731,6 +731,69 @@ def test_transcoder_defaults_and_switch() -> None:
     assert "transcoder" not in off.notes()
 
 
+def _monitor_durable() -> str:
+    """The durable consumer every monitor replica shares, as earmark_monitor.worker names it."""
+    source = (ROOT / "services/monitor/src/earmark_monitor/worker.py").read_text()
+    m = re.search(r'^DURABLE: Final = "([^"]+)"$', source, flags=re.M)
+    assert m, "earmark_monitor.worker lost its DURABLE"
+    return m.group(1)
+
+
+@needs_helm
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_monitor_service(values_file: Path) -> None:
+    """monitor: a database service that reaches search, with the monitor settings."""
+    rel = release(values_file.name.removesuffix("-values.yaml"))
+    defaults = _load_values(CHART / "values.yaml")
+    config = {**defaults["config"], **rel.values.get("config", {})}
+    c = rel.container("monitor")
+    assert c["image"].rsplit("/", 1)[-1].startswith("monitor:")
+    assert "command" not in c  # the image's entry point: python -m earmark_monitor
+    port = rel.values.get("monitor", {}).get("port", DEFAULT_PORTS["monitor"])
+    assert port == 50056 == DEFAULT_PORTS["monitor"]
+    env = effective_env(rel, c)
+    search_port = rel.values.get("search", {}).get("port", DEFAULT_PORTS["search"])
+    assert env["EARMARK_SEARCH_ADDR"] == f"{RELEASE}-search.{NAMESPACE}.svc:{search_port}"
+    assert rel.get("Service", f"{RELEASE}-search")["spec"]["ports"][0]["port"] == search_port
+    assert env["EARMARK_MONITOR_STREAMS"] == str(config["monitorStreams"])
+    assert "EARMARK_DATABASE_URL" in env and "EARMARK_NATS_URL" in env
+    assert "EARMARK_FINGERPRINT_ADDR" not in env
+    # search enforces the Monitor call's length, so it reads the same value.
+    for svc in ("monitor", "search"):
+        env = effective_env(rel, rel.container(svc))
+        assert env["EARMARK_MAX_MONITOR_S"] == str(config["maxMonitorS"]), svc
+    # Its schema in the migrations Job, from its own image.
+    (job,) = rel.of_kind("Job")
+    (migrate,) = [
+        m for m in job["spec"]["template"]["spec"]["containers"] if m["name"] == "migrate-monitor"
+    ]
+    assert migrate["image"] == c["image"]
+    assert migrate["command"][3] == "earmark_monitor.schema"
+    schema = importlib.import_module("earmark_monitor.schema")
+    assert schema.SCHEMA and isinstance(schema.MIGRATIONS, (list, tuple))
+    assert rel.has("PodDisruptionBudget", f"{RELEASE}-monitor")
+    assert f"{RELEASE}-monitor.{NAMESPACE}.svc:{port}" in rel.notes()
+
+
+@needs_helm
+def test_monitor_defaults_and_switch() -> None:
+    defaults = _load_values(CHART / "values.yaml")["monitor"]
+    assert defaults["enabled"] is True and defaults["replicaCount"] == 2
+    assert defaults["pdb"]["enabled"] is True
+    assert defaults["keda"]["enabled"] is False
+    assert defaults["keda"]["consumers"] == [_monitor_durable()] == ["monitor-streams-watch"]
+    on = Release({"monitor": {"keda": {"enabled": True}}})
+    (obj,) = [o for o in on.of_kind("ScaledObject") if o["metadata"]["name"] == f"{RELEASE}-monitor"]
+    assert [t["metadata"]["consumer"] for t in obj["spec"]["triggers"]] == [_monitor_durable()]
+    off = Release({"monitor": {"enabled": False}})
+    for kind in ("Deployment", "Service", "PodDisruptionBudget"):
+        assert not off.has(kind, f"{RELEASE}-monitor"), kind
+    (job,) = off.of_kind("Job")
+    names = {m["name"] for m in job["spec"]["template"]["spec"]["containers"]}
+    assert names == {f"migrate-{s}" for s in DB_SERVICES if s != "monitor"}
+    assert "monitor" not in off.notes()
+
+
 def _render_error(values: dict[str, Any]) -> str:
     with pytest.raises(Exception) as info:  # the backends raise differently
         _render(values)
@@ -758,6 +821,9 @@ def _render_error(values: dict[str, Any]) -> str:
         ({"tls": {"enabled": True}}, "tls.existingSecret"),
         ({"config": {"maxInflight": 0}}, "maxInflight"),
         ({"config": {"ffmpegMemoryMb": -1}}, "ffmpegMemoryMb"),
+        ({"config": {"monitorStreams": 0}}, "monitorStreams"),
+        ({"config": {"maxMonitorS": 0}}, "maxMonitorS"),
+        ({"monitor": {"streams": 4}}, "streams"),
         ({"unknownKey": 1}, "unknownKey"),
     ],
 )

@@ -12,7 +12,7 @@ from earmark.v1 import common_pb2, search_pb2, search_pb2_grpc
 from earmark_stack import StackInfo
 
 SR = 22050
-SEEDS = (301, 302, 303)
+SEEDS = (8301, 8302, 8303)
 LANDMARKS = search_pb2.IDENTIFY_METHOD_LANDMARKS
 NEURAL = search_pb2.IDENTIFY_METHOD_NEURAL
 FUSED = search_pb2.IDENTIFY_METHOD_FUSED
@@ -47,11 +47,11 @@ def identify(stack: StackInfo, clip: np.ndarray, method: int) -> search_pb2.Iden
 def test_fused_identify_reports_both_methods(
     stack: StackInfo, fused_catalog: dict[int, str]
 ) -> None:
-    clip = song(302, seconds=30)[10 * SR : 15 * SR]
+    clip = song(8302, seconds=30)[10 * SR : 15 * SR]
     reply = identify(stack, clip, FUSED)
     assert reply.matches, "no match"
     best = reply.matches[0]
-    assert best.track.track_id == fused_catalog[302]
+    assert best.track.track_id == fused_catalog[8302]
     assert set(best.methods) == {LANDMARKS, NEURAL}
     assert best.offset_s == pytest.approx(10.0, abs=0.2)
     assert reply.timings.neural_ms > 0
@@ -60,11 +60,11 @@ def test_fused_identify_reports_both_methods(
 def test_neural_alone_finds_the_track_in_milvus(
     stack: StackInfo, fused_catalog: dict[int, str]
 ) -> None:
-    clip = song(303, seconds=30)[12 * SR : 17 * SR]
+    clip = song(8303, seconds=30)[12 * SR : 17 * SR]
     reply = identify(stack, clip, NEURAL)
     assert reply.matches, "no neural match"
     best = reply.matches[0]
-    assert best.track.track_id == fused_catalog[303]
+    assert best.track.track_id == fused_catalog[8303]
     assert list(best.methods) == [NEURAL]
     assert best.offset_s == pytest.approx(12.0, abs=1.0)
     assert reply.postings == 0  # no landmark lookup was made
@@ -80,9 +80,9 @@ def test_out_of_catalog_clip_matches_nothing_fused(
 def test_deleting_a_track_removes_its_vectors(
     stack: StackInfo, client: Earmark, fused_catalog: dict[int, str]
 ) -> None:
-    clip = song(301, seconds=30)[5 * SR : 10 * SR]
+    clip = song(8301, seconds=30)[5 * SR : 10 * SR]
     before = identify(stack, clip, NEURAL)
-    assert before.matches and before.matches[0].track.track_id == fused_catalog[301]
-    client.delete_track(fused_catalog[301])
+    assert before.matches and before.matches[0].track.track_id == fused_catalog[8301]
+    client.delete_track(fused_catalog[8301])
     after = identify(stack, clip, NEURAL)
-    assert all(m.track.track_id != fused_catalog[301] for m in after.matches)
+    assert all(m.track.track_id != fused_catalog[8301] for m in after.matches)

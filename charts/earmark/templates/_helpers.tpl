@@ -3,7 +3,7 @@ The services this chart deploys, in start order. Their ports, images and setting
 live under .Values.<service>.
 */}}
 {{- define "earmark.services" -}}
-fingerprint search ingest features
+fingerprint search ingest features monitor
 {{- end }}
 
 {{/*
@@ -35,12 +35,12 @@ transcoder
 
 {{/* Services that use PostgreSQL (they apply their schema on start). */}}
 {{- define "earmark.databaseServices" -}}
-search ingest features
+search ingest features monitor
 {{- end }}
 
 {{/* The module holding SCHEMA and MIGRATIONS of each database service. */}}
 {{- define "earmark.migrationsModule" -}}
-{{- $m := dict "ingest" "earmark_ingest.schema" "search" "earmark_search.schema" "features" "earmark_features.app" -}}
+{{- $m := dict "ingest" "earmark_ingest.schema" "search" "earmark_search.schema" "features" "earmark_features.app" "monitor" "earmark_monitor.schema" -}}
 {{- get $m . -}}
 {{- end }}
 
