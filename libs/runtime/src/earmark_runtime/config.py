@@ -58,8 +58,9 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     ),
     SettingDoc(
         "EARMARK_MAX_INFLIGHT",
-        "64",
-        "Calls a server works on at once; more are refused with RESOURCE_EXHAUSTED.",
+        "16",
+        "Calls a server works on at once; more are refused with RESOURCE_EXHAUSTED "
+        "(live Monitor streams and health checks are not counted).",
     ),
     SettingDoc(
         "EARMARK_FFMPEG_MEMORY_MB",
@@ -275,7 +276,7 @@ def load_settings(service: str) -> Settings:
         max_clip_s=_env_float("EARMARK_MAX_CLIP_S", 60.0, minimum=1.0),
         max_monitor_s=_env_float("EARMARK_MAX_MONITOR_S", 86400.0, minimum=1.0),
         monitor_streams=_env_int("EARMARK_MONITOR_STREAMS", 8, minimum=1),
-        max_inflight=_env_int("EARMARK_MAX_INFLIGHT", 64, minimum=1),
+        max_inflight=_env_int("EARMARK_MAX_INFLIGHT", 16, minimum=1),
         ffmpeg_memory_mb=_env_int("EARMARK_FFMPEG_MEMORY_MB", 1024),
         workers=_env_int("EARMARK_WORKERS", 2, minimum=1),
         stream_replicas=_env_int("EARMARK_STREAM_REPLICAS", 1, minimum=1),

@@ -22,6 +22,8 @@ from .auth import OPEN_PREFIXES, KeyStore
 from .telemetry import extract_context, tracer
 
 log = logging.getLogger(__name__)
+# Calls that hold their stream open for as long as the audio lasts.
+LONG_LIVED_METHODS: frozenset[str] = frozenset({"/earmark.v1.SearchService/Monitor"})
 
 # Failures of a dependency, not of the request: the same call can succeed later.
 _DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
@@ -110,8 +112,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             who = decision.principal.name if decision.principal else "anonymous"
             log.warning("denied %s to %s: %s", method, who, decision.message)
 
-        # Probes must answer even when the server is saturated.
-        admission = None if method.startswith(OPEN_PREFIXES) else self._admission
+        # Probes must answer even when the server is saturated; a live stream lasts
+        # for hours and is bounded by the monitor replicas' own stream limit.
+        exempt = method.startswith(OPEN_PREFIXES) or method in LONG_LIVED_METHODS
+        admission = None if exempt else self._admission
 
         async def check(ctx: grpc.aio.ServicerContext) -> None:
             if decision is not None and not decision.allowed:
