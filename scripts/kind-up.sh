@@ -13,7 +13,7 @@ CLUSTER="${KIND_CLUSTER:-earmark}"
 NAMESPACE="${NAMESPACE:-earmark}"
 RELEASE="${RELEASE:-earmark}"
 TAG="${TAG:-$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/charts/earmark/Chart.yaml")}"
-SERVICES=(ingest fingerprint search features)
+SERVICES=(ingest fingerprint search features monitor)
 
 need() {
   command -v "$1" >/dev/null 2>&1 || { echo "kind-up: $1 is not installed ($2)" >&2; exit 1; }

@@ -783,7 +783,7 @@ def test_monitor_defaults_and_switch() -> None:
     assert defaults["keda"]["enabled"] is False
     assert defaults["keda"]["consumers"] == [_monitor_durable()] == ["monitor-streams-watch"]
     on = Release({"monitor": {"keda": {"enabled": True}}})
-    (obj,) = [o for o in on.of_kind("ScaledObject") if o["metadata"]["name"] == f"{RELEASE}-monitor"]
+    obj = on.get("ScaledObject", f"{RELEASE}-monitor")
     assert [t["metadata"]["consumer"] for t in obj["spec"]["triggers"]] == [_monitor_durable()]
     off = Release({"monitor": {"enabled": False}})
     for kind in ("Deployment", "Service", "PodDisruptionBudget"):
