@@ -13,7 +13,7 @@ PYPROJECTS := $(foreach p,$(PKGS),$(p)/pyproject.toml)
 CORPUS ?= $(HOME)/.cache/earmark/corpus
 PYTEST_ARGS ?=
 
-.PHONY: all install protos test unit integration lint typecheck demo bench corpus clean up down \
+.PHONY: all install protos test unit integration lint typecheck demo bench corpus clean up down train export-model \
 	images images-gpu kind-up chart-test
 
 all: install
@@ -64,6 +64,16 @@ demo: install
 
 corpus:
 	scripts/fetch_corpus.sh
+
+# The neural model (docs/neural.md). torch lives only here, never in the services.
+RUNS ?= $(HOME)/.cache/earmark/runs
+train: install
+	$(BIN)/pip install -q torch==2.13.0 onnx && $(BIN)/pip install -q --no-deps -e training
+	$(BIN)/python -m earmark_training.train --corpus "$(CORPUS)" --out "$(RUNS)/nafp" --steps 2300 --pairs 256
+
+export-model: install
+	$(BIN)/python -m earmark_training.export --checkpoint "$(RUNS)/nafp/checkpoint.pt" \
+		--out services/fingerprint/src/earmark_fingerprint/models/nafp-small-v1.onnx
 
 bench: install
 	$(BIN)/python -m bench.run --corpus "$(CORPUS)"

@@ -152,6 +152,10 @@ class SegmentStore:
         self._client.delete(self.collection, filter=f"pk >= {first_stale} and pk < {last}")
         return int(times.size)
 
+    def flush(self) -> None:
+        """Seal what was written so the index gets built (Milvus also seals on its own)."""
+        self._client.flush(self.collection)
+
     def delete_track(self, track_key: int) -> None:
         self._client.delete(self.collection, filter=f"track_key == {int(track_key)}")
 
