@@ -10,6 +10,11 @@ import grpc
 import pytest
 
 from tests.fuzz.live import LiveServicers
+from tests.fuzz.make_seeds import write_seeds
+
+# The seed files are generated, not kept in git; the fuzz modules read them when
+# they are collected, so they must exist before that.
+write_seeds(overwrite=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""Write the seed files of tests/fuzz/corpus/audio (run once; the files are kept in git).
+"""Make the seed files of tests/fuzz/corpus/audio (generated, ignored by git).
 
-`python -m tests.fuzz.make_seeds` regenerates them: a short tone in every
+The fuzz suite's conftest makes any that are missing before the tests are
+collected; `python -m tests.fuzz.make_seeds` rewrites them all: a short tone in every
 container the service decodes, tagged files, files that reference other media,
 a video with an audio track, and an ALAC file whose header asks the decoder
 for 1.5 GB (refused by the ffmpeg memory limit). Each stays a few KB so the
@@ -113,12 +114,25 @@ SEEDS = {
 }
 
 
-def main() -> None:
+def write_seeds(*, overwrite: bool) -> list[Path]:
+    """Write the seeds (only the missing ones unless `overwrite`); returns those written."""
     AUDIO.mkdir(parents=True, exist_ok=True)
+    written = []
     for name, make in SEEDS.items():
-        data = make()
-        (AUDIO / f"seed-{name}").write_bytes(data)
-        print(f"{name}: {len(data)} bytes")
+        path = AUDIO / f"seed-{name}"
+        if overwrite or not path.exists():
+            # Written beside the corpus folders (no fuzzer reads there), then moved
+            # in: a run cut short leaves no half-written seed.
+            partial = AUDIO.parent / f".{path.name}.partial"
+            partial.write_bytes(make())
+            partial.replace(path)
+            written.append(path)
+    return written
+
+
+def main() -> None:
+    for path in write_seeds(overwrite=True):
+        print(f"{path.name}: {path.stat().st_size} bytes")
 
 
 if __name__ == "__main__":
