@@ -65,7 +65,9 @@ _NON_AUDIO_DEMUXERS = {
 
 # The child dies of one of these, or says so, when it cannot get memory under its limit.
 _CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGKILL}
-_MEMORY_MESSAGES = ("cannot allocate memory", "out of memory", "enomem")
+# The last one is the dynamic loader failing to map ffmpeg's own libraries: a limit
+# below what the binary needs to start (it then exits 127 before reading input).
+_MEMORY_MESSAGES = ("cannot allocate memory", "out of memory", "enomem", "failed to map segment")
 
 
 class FfmpegMemoryError(AudioDecodeError):
@@ -102,7 +104,45 @@ def memory_failure(returncode: int, stderr: str, memory_mb: int) -> FfmpegMemory
     return None
 
 
-def _last_error_line(stderr: str) -> str:
+def input_container(stderr: str) -> tuple[str, str | None]:
+    """The container ffmpeg reports opening, and why it is refused (None: it is not)."""
+    match = _INPUT_RE.search(stderr)
+    container = match.group(1).split(",")[0] if match else ""
+    if container in _REFERENCING_DEMUXERS:
+        return container, f"{container} input references other media and is refused"
+    if container in _NON_AUDIO_DEMUXERS:
+        return container, f"the input is an image ({container}), not audio"
+    return container, None
+
+
+async def spawn_ffmpeg(
+    args: list[str], *, stdin: bool, memory_mb: int | None
+) -> tuple[asyncio.subprocess.Process, int]:
+    """Start an ffmpeg child under its memory limit; (process, limit in MiB, 0: none).
+
+    Fails closed: untrusted input is never decoded without the limit asked for.
+    """
+    limit = ffmpeg_memory_mb() if memory_mb is None else memory_mb
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    if limit > 0:
+        try:
+            limit_memory(proc.pid, limit)
+        except OSError as exc:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(
+                f"cannot limit ffmpeg's memory ({exc}); set EARMARK_FFMPEG_MEMORY_MB=0 to run "
+                "without a limit"
+            ) from exc
+    return proc, limit
+
+
+def last_error_line(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for line in reversed(lines):
         if "error" in line.lower() or "invalid" in line.lower() or "not" in line.lower():
@@ -151,24 +191,7 @@ async def run_ffmpeg(
     it failed for lack of memory. Raises TimeoutError after killing it when it
     outlives `timeout_s`.
     """
-    limit = ffmpeg_memory_mb() if memory_mb is None else memory_mb
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    if limit > 0:
-        try:
-            limit_memory(proc.pid, limit)
-        except OSError as exc:
-            # Fail closed: never decode untrusted input without the limit asked for.
-            proc.kill()
-            await proc.communicate()
-            raise RuntimeError(
-                f"cannot limit ffmpeg's memory ({exc}); set EARMARK_FFMPEG_MEMORY_MB=0 to run "
-                "without a limit"
-            ) from exc
+    proc, limit = await spawn_ffmpeg(args, stdin=True, memory_mb=memory_mb)
     try:
         out, err = await asyncio.wait_for(proc.communicate(data), timeout=timeout_s)
     except TimeoutError:
@@ -232,18 +255,15 @@ async def decode_audio(
         )
     except TimeoutError as exc:
         raise AudioDecodeError(f"decoding took longer than {timeout_s:.0f} s") from exc
-    match = _INPUT_RE.search(stderr)
-    container = match.group(1).split(",")[0] if match else ""
-    if container in _REFERENCING_DEMUXERS:
-        raise AudioDecodeError(f"{container} files reference other media and are refused")
-    if container in _NON_AUDIO_DEMUXERS:
-        raise AudioDecodeError(f"the file is an image ({container}), not audio")
+    container, refusal = input_container(stderr)
+    if refusal is not None:
+        raise AudioDecodeError(refusal)
     if returncode != 0:
         if "matches no streams" in stderr:
             raise AudioDecodeError("the file has no audio stream")
         if returncode < 0:
             raise AudioDecodeError(f"ffmpeg crashed on the file (signal {-returncode})")
-        raise AudioDecodeError(f"not decodable as audio: {_last_error_line(stderr)}")
+        raise AudioDecodeError(f"not decodable as audio: {last_error_line(stderr)}")
     samples = np.frombuffer(out, dtype="<f4").astype(np.float32, copy=False)
     if samples.size == 0:
         raise AudioDecodeError("the file decodes to no audio samples")

@@ -20,15 +20,12 @@ from typing import Final
 from urllib.parse import urlparse
 
 from .audio import (
-    _INPUT_RE,
-    _NON_AUDIO_DEMUXERS,
-    _REFERENCING_DEMUXERS,
     AudioDecodeError,
-    _last_error_line,
     default_ffmpeg,
-    ffmpeg_memory_mb,
-    limit_memory,
+    input_container,
+    last_error_line,
     memory_failure,
+    spawn_ffmpeg,
 )
 
 # Probing reads this much before decoding starts: ~1 s of a 128 kbit/s stream.
@@ -145,23 +142,7 @@ class LiveDecoder:
 
     @classmethod
     async def _start(cls, args: list[str], *, stdin: bool, memory_mb: int | None) -> LiveDecoder:
-        limit = ffmpeg_memory_mb() if memory_mb is None else memory_mb
-        proc = await asyncio.create_subprocess_exec(
-            *args,
-            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        if limit > 0:
-            try:
-                limit_memory(proc.pid, limit)
-            except OSError as exc:
-                proc.kill()
-                await proc.wait()
-                raise RuntimeError(
-                    f"cannot limit ffmpeg's memory ({exc}); set EARMARK_FFMPEG_MEMORY_MB=0 to "
-                    "run without a limit"
-                ) from exc
+        proc, limit = await spawn_ffmpeg(args, stdin=stdin, memory_mb=memory_mb)
         return cls(proc, limit)
 
     async def _collect_stderr(self) -> None:
@@ -170,13 +151,10 @@ class LiveDecoder:
         while line := await stream.readline():
             text = line.decode("utf-8", "replace")
             self._stderr = (self._stderr + text)[-_STDERR_KEEP:]
-            match = _INPUT_RE.search(text)
-            if match and not self.container:
-                self.container = match.group(1).split(",")[0]
-                if self.container in _REFERENCING_DEMUXERS:
-                    self._refuse(f"{self.container} streams reference other media and are refused")
-                elif self.container in _NON_AUDIO_DEMUXERS:
-                    self._refuse(f"the stream is an image ({self.container}), not audio")
+            if not self.container:
+                self.container, refusal = input_container(text)
+                if refusal is not None:
+                    self._refuse(refusal)
 
     def _refuse(self, reason: str) -> None:
         self._refused = reason
@@ -230,7 +208,7 @@ class LiveDecoder:
             return memory
         if "matches no streams" in self._stderr:
             return AudioDecodeError("the stream has no audio")
-        return AudioDecodeError(f"not decodable as audio: {_last_error_line(self._stderr)}")
+        return AudioDecodeError(f"not decodable as audio: {last_error_line(self._stderr)}")
 
     async def close(self) -> None:
         """Stop ffmpeg (if it still runs) and reap it."""
