@@ -54,3 +54,13 @@ def test_every_setting_read_by_the_code_is_documented() -> None:
     read = set(re.findall(r'_env(?:_int|_float)?\("(EARMARK_[A-Z_]+)"', source))
     documented = {s.name for s in SETTINGS_TABLE}
     assert read <= documented, read - documented
+
+
+def test_milvus_uri_is_a_server_or_a_lite_file() -> None:
+    from earmark_runtime.milvus import check_uri, is_lite
+
+    assert check_uri("/var/lib/earmark/vectors.db", "EARMARK_VECTORS_URI").endswith(".db")
+    assert check_uri("http://milvus:19530", "EARMARK_VECTORS_URI") == "http://milvus:19530"
+    assert is_lite("/tmp/x.db") and not is_lite("http://milvus:19530")
+    with pytest.raises(ConfigError, match="EARMARK_VECTORS_URI must be"):
+        check_uri("milvus:19530", "EARMARK_VECTORS_URI")

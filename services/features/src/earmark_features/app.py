@@ -15,17 +15,16 @@ import multiprocessing
 import os
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import grpc
 import numpy as np
 from psycopg.rows import dict_row
 
 from earmark.v1 import common_pb2, events_pb2, features_pb2, features_pb2_grpc
-from earmark_runtime import bus
+from earmark_runtime import bus, milvus
 from earmark_runtime.audio import AudioDecodeError, decode_audio, pcm16_to_float
 from earmark_runtime.blobs import BlobNotFoundError
-from earmark_runtime.config import ConfigError, earmark_home
+from earmark_runtime.config import earmark_home
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
 
@@ -73,12 +72,7 @@ def milvus_uri() -> str:
     uri = os.environ.get("EARMARK_MILVUS_URI", "").strip()
     if not uri:
         return str(earmark_home() / "features" / "milvus.db")
-    if not (uri.endswith(".db") or uri.startswith(("http://", "https://", "tcp://", "unix:"))):
-        raise ConfigError(
-            "EARMARK_MILVUS_URI must be http(s)://HOST:PORT or a Milvus Lite file *.db, "
-            f"got {uri!r}"
-        )
-    return uri
+    return milvus.check_uri(uri, "EARMARK_MILVUS_URI")
 
 
 def _init_worker() -> None:
@@ -353,11 +347,7 @@ class Describer:
 async def run() -> None:
     uri = milvus_uri()
     ctx = await start_context("features", migrations=[(SCHEMA, MIGRATIONS)], use_blobs=True)
-    if uri.endswith(".db"):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    index = await asyncio.to_thread(
-        SimilarityIndex, uri, os.environ.get("EARMARK_MILVUS_TOKEN", "")
-    )
+    index = await asyncio.to_thread(SimilarityIndex, uri)
     log.info("similarity index %s at %s", similarity.SIMILARITY_VERSION, uri)
     extractor = Extractor(ctx.settings.workers)
     store = Store(ctx, index)

@@ -15,9 +15,10 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType
 
 from earmark.v1 import features_pb2
+from earmark_runtime import milvus
 
 from . import similarity
 from .descriptors import normalise_key
@@ -94,10 +95,10 @@ def neighbour_of(f: features_pb2.TrackFeatures) -> similarity.Neighbour:
 
 
 class SimilarityIndex:
-    def __init__(self, uri: str, token: str = "") -> None:
+    def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.lite = uri.endswith(".db")
-        self._client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        self.lite = milvus.is_lite(uri)
+        self._client = milvus.connect(uri)
         self._ensure_collection()
 
     def _ensure_collection(self) -> None:
@@ -204,14 +205,4 @@ class SimilarityIndex:
         return self.search(vec, k, flt=flt, exclude=track_id, query_info=info)
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        finally:
-            if self.lite:
-                # pymilvus starts Milvus Lite's gRPC server thread per .db path; stop it.
-                try:
-                    from milvus_lite.server_manager import server_manager_instance
-
-                    server_manager_instance.release_server(self.uri)
-                except Exception:
-                    log.debug("could not stop Milvus Lite", exc_info=True)
+        milvus.close(self._client, self.uri)

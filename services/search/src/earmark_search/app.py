@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,7 +18,7 @@ from earmark.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
-from earmark_runtime import bus
+from earmark_runtime import bus, milvus
 from earmark_runtime.ids import is_uuid, require_uuid
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, dial, start_context
@@ -33,7 +31,7 @@ from .identify import ClipExtras, NeuralQuery, ScaledQuery, identify, scan_recor
 from .live import monitor_events
 from .live_landmarks import SAMPLE_RATE_HZ
 from .schema import MIGRATIONS, SCHEMA
-from .vectors import SegmentStore, is_lite
+from .vectors import SegmentStore
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -402,10 +400,7 @@ async def open_segments(uri: str) -> SegmentStore | None:
     if not uri:
         log.info("EARMARK_VECTORS_URI is empty: neural identification is off")
         return None
-    if is_lite(uri):
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
-    token = os.environ.get("EARMARK_MILVUS_TOKEN", "").strip()
-    return await asyncio.to_thread(SegmentStore, uri, token)
+    return await asyncio.to_thread(SegmentStore, milvus.check_uri(uri, "EARMARK_VECTORS_URI"))
 
 
 async def run() -> None:

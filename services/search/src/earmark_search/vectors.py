@@ -24,7 +24,9 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-from pymilvus import DataType, MilvusClient
+from pymilvus import DataType
+
+from earmark_runtime import milvus
 
 from .vector_matching import Hit
 
@@ -61,12 +63,8 @@ LITE_INDEX: Final = IndexChoice("IVF_FLAT", {"nlist": 256}, {"nprobe": 32})
 SERVER_INDEX: Final = IndexChoice("HNSW", {"M": 16, "efConstruction": 200}, {"ef": 128})
 
 
-def is_lite(uri: str) -> bool:
-    return uri.endswith(".db")
-
-
 def index_for(uri: str) -> IndexChoice:
-    return LITE_INDEX if is_lite(uri) else SERVER_INDEX
+    return LITE_INDEX if milvus.is_lite(uri) else SERVER_INDEX
 
 
 def segment_keys(track_key: int, count: int) -> npt.NDArray[np.int64]:
@@ -81,18 +79,17 @@ class SegmentStore:
     def __init__(
         self,
         uri: str,
-        token: str = "",
         *,
         model: str = DEFAULT_MODEL,
         dim: int = DEFAULT_DIM,
         index: IndexChoice | None = None,
     ) -> None:
         self.uri = uri
-        self.lite = is_lite(uri)
+        self.lite = milvus.is_lite(uri)
         self.dim = dim
         self.collection = collection_name(model)
         self.index = index or index_for(uri)
-        self._client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        self._client = milvus.connect(uri)
         self._ensure_collection()
 
     def _ensure_collection(self) -> None:
@@ -193,17 +190,7 @@ class SegmentStore:
         return out
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        finally:
-            if self.lite:
-                # pymilvus starts Milvus Lite's gRPC server thread per .db path; stop it.
-                try:
-                    from milvus_lite.server_manager import server_manager_instance
-
-                    server_manager_instance.release_server(self.uri)
-                except Exception:
-                    log.debug("could not stop Milvus Lite", exc_info=True)
+        milvus.close(self._client, self.uri)
 
 
 def _hits(result: Sequence[dict[str, Any]]) -> list[Hit]:
