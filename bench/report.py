@@ -62,6 +62,21 @@ class QueryRecord:
     def from_json(cls, row: dict[str, Any]) -> QueryRecord:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
 
+    @classmethod
+    def answered(cls, query: Any, **answer: Any) -> QueryRecord:
+        """The truth of `query` (a bench.degrade.Query) with an identifier's answer."""
+        return cls(
+            query_id=query.query_id,
+            condition=query.condition,
+            length_s=query.length_s,
+            negative=query.negative,
+            track_id=query.track_id,
+            offset_s=query.offset_s,
+            speed=query.speed,
+            loop_period_s=query.loop_period_s,
+            **answer,
+        )
+
 
 def truth_offset_s(rec: QueryRecord, query_time_s: float = 0.0) -> float:
     """Original-track time of query time ``query_time_s`` (bench.degrade's mapping)."""

@@ -187,15 +187,8 @@ def identify_all(
             latency = math.nan
             err = f"{exc.code().name}: {exc.details()}"
         records.append(
-            report.QueryRecord(
-                query_id=q.query_id,
-                condition=q.condition,
-                length_s=q.length_s,
-                negative=q.negative,
-                track_id=q.track_id,
-                offset_s=q.offset_s,
-                speed=q.speed,
-                loop_period_s=q.loop_period_s,
+            report.QueryRecord.answered(
+                q,
                 predicted_track=pred,
                 predicted_offset_s=pred_off,
                 confidence=conf,

@@ -157,3 +157,17 @@ def test_server_latency_table_skips_records_without_it() -> None:
     recs = [rec(latency_ms=9.0, server_ms=4.0), rec(latency_ms=9.0), rec(server_ms=6.0)]
     table = report.latency_table(recs, server=True)
     assert "| 5 s         |       2 |" in table and "5.0" in table
+
+
+def test_answered_record_keeps_the_query_truth() -> None:
+    from types import SimpleNamespace
+
+    q = SimpleNamespace(
+        query_id="q1", condition="speed_+2pct", length_s=5.0, negative=False,
+        track_id="pkg/a.ogg", offset_s=12.5, speed=1.02, loop_period_s=None,
+    )  # fmt: skip
+    rec = QueryRecord.answered(q, predicted_track="pkg/a.ogg", predicted_offset_s=12.4)
+    truth = (rec.query_id, rec.condition, rec.speed, rec.offset_s)
+    assert truth == ("q1", "speed_+2pct", 1.02, 12.5)
+    assert rec.predicted_track == "pkg/a.ogg" and rec.predicted_offset_s == 12.4
+    assert rec.error is None

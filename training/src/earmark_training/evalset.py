@@ -232,15 +232,8 @@ def to_records(
         conf = float(calibration.confidence(s.score, s.margin, s.segments))
         accepted = s.track_id is not None and conf >= calibration.min_confidence
         recs.append(
-            QueryRecord(
-                query_id=q.query_id,
-                condition=q.condition,
-                length_s=q.length_s,
-                negative=q.negative,
-                track_id=q.track_id,
-                offset_s=q.offset_s,
-                speed=q.speed,
-                loop_period_s=q.loop_period_s,
+            QueryRecord.answered(
+                q,
                 predicted_track=s.track_id if accepted else None,
                 predicted_offset_s=s.offset_s if accepted else None,
                 confidence=conf if accepted else None,
