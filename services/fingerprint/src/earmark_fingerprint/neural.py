@@ -61,15 +61,7 @@ def default_providers(available: Sequence[str] | None = None) -> list[str]:
 
 
 def _check_frontend(meta: dict[str, Any]) -> None:
-    want = {
-        "sample_rate_hz": fe.SAMPLE_RATE_HZ,
-        "n_fft": fe.N_FFT,
-        "hop": fe.HOP,
-        "n_mels": fe.N_MELS,
-        "f_min_hz": fe.F_MIN_HZ,
-        "f_max_hz": fe.F_MAX_HZ,
-        "segment_frames": fe.SEGMENT_FRAMES,
-    }
+    want = fe.parameters()
     got = meta.get("frontend", {})
     diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
     if diff:

@@ -37,6 +37,20 @@ POWER_FLOOR: Final = 1e-10
 FloatArray = npt.NDArray[np.float32]
 
 
+def parameters() -> dict[str, float | int]:
+    """What a model's sidecar records of the frontend it was trained with; serving
+    refuses a model whose values differ from these."""
+    return {
+        "sample_rate_hz": SAMPLE_RATE_HZ,
+        "n_fft": N_FFT,
+        "hop": HOP,
+        "n_mels": N_MELS,
+        "f_min_hz": F_MIN_HZ,
+        "f_max_hz": F_MAX_HZ,
+        "segment_frames": SEGMENT_FRAMES,
+    }
+
+
 def _hz_to_mel(hz: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     # HTK formula: simple, and the exact variant does not matter as long as
     # training and serving share it.
