@@ -27,7 +27,7 @@ from earmark_runtime.telemetry import client_interceptors
 
 from .catalog import Catalog
 from .duplicates import find_duplicate
-from .identify import ClipExtras, NeuralQuery, ScaledQuery, identify, scan_recording
+from .identify import NeuralQuery, ScaledQuery, identify, scan_recording
 from .live import monitor_events
 from .live_landmarks import SAMPLE_RATE_HZ
 from .schema import MIGRATIONS, SCHEMA
@@ -69,15 +69,23 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "no audio given: the clip is empty"
             )
         started = time.perf_counter()
+        # The neural segments come with the landmarks (embedding a clip costs a few
+        # ms); the rescaled landmarks only on demand, in a second call.
+        neural = self._segments is not None and (
+            request.method != search_pb2.IDENTIFY_METHOD_LANDMARKS
+        )
         # fingerprint stops decoding at the clip limit and refuses longer clips.
-        landmarks = await self._extract(audio, context, self._ctx.settings.max_clip_s)
+        extracted = await self._fingerprint(
+            audio, context, self._ctx.settings.max_clip_s, neural=neural
+        )
         extracted_at = time.perf_counter()
         try:
             response = await identify(
                 self._catalog,
-                landmarks,
+                extracted.landmarks,
                 max(1, request.max_matches),
-                extras=lambda rescale, neural: self._extras(audio, context, rescale, neural),
+                neural=neural_query(extracted.neural) if neural else None,
+                rescaled=lambda: self._rescaled(audio, context),
                 vector_search=self._segments.search if self._segments else None,
                 method=request.method,
             )
@@ -88,32 +96,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"catalog unavailable: {exc}")
         raise AssertionError("unreachable")
 
-    async def _extras(
-        self,
-        audio: common_pb2.AudioInput,
-        context: grpc.aio.ServicerContext,
-        rescale: bool,
-        neural: bool,
-    ) -> ClipExtras:
-        """The clip's rescaled landmarks and/or neural segments (a second decode:
-        only clips that landmarks did not settle pay for it)."""
-        try:
-            extracted = await self._fingerprinter.ExtractFingerprint(
-                fingerprint_pb2.ExtractFingerprintRequest(
-                    audio=audio,
-                    purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
-                    max_duration_s=self._ctx.settings.max_clip_s,
-                    rescale=rescale,
-                    neural=neural,
-                ),
-                timeout=300,
-            )
-        except grpc.aio.AioRpcError as exc:
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"fingerprint service unavailable: {exc.code().name}"
-            )
-            raise AssertionError("unreachable") from exc
-        rescaled = [
+    async def _rescaled(
+        self, audio: common_pb2.AudioInput, context: grpc.aio.ServicerContext
+    ) -> list[ScaledQuery]:
+        """The clip's landmarks at the fingerprinter's frequency scales (a second decode:
+        only clips that matched nothing as they are pay for it)."""
+        extracted = await self._fingerprint(
+            audio, context, self._ctx.settings.max_clip_s, rescale=True
+        )
+        return [
             ScaledQuery(
                 frequency_scale=v.frequency_scale,
                 hashes=np.frombuffer(v.landmarks.hashes, dtype="<u4"),
@@ -121,14 +112,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             )
             for v in extracted.rescaled
         ]
-        vectors = None
-        if extracted.HasField("neural") and extracted.neural.dim:
-            nf = extracted.neural
-            vectors = NeuralQuery(
-                times_s=np.frombuffer(nf.times, dtype="<f4").astype(np.float64),
-                vectors=np.frombuffer(nf.vectors, dtype="<f4").reshape(-1, nf.dim),
-            )
-        return ClipExtras(rescaled=rescaled, neural=vectors)
 
     async def _extract(
         self,
@@ -136,14 +119,32 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         context: grpc.aio.ServicerContext,
         max_duration_s: float = 0.0,
     ) -> common_pb2.LandmarkFingerprint:
+        extracted = await self._fingerprint(audio, context, max_duration_s)
+        landmarks: common_pb2.LandmarkFingerprint = extracted.landmarks
+        return landmarks
+
+    async def _fingerprint(
+        self,
+        audio: common_pb2.AudioInput,
+        context: grpc.aio.ServicerContext,
+        max_duration_s: float,
+        *,
+        rescale: bool = False,
+        neural: bool = False,
+    ) -> fingerprint_pb2.ExtractFingerprintResponse:
+        """One query extraction by the fingerprint service; its refusals pass through."""
         try:
-            extracted = await self._fingerprinter.ExtractFingerprint(
-                fingerprint_pb2.ExtractFingerprintRequest(
-                    audio=audio,
-                    purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
-                    max_duration_s=max_duration_s,
-                ),
-                timeout=300,
+            extracted: fingerprint_pb2.ExtractFingerprintResponse = (
+                await self._fingerprinter.ExtractFingerprint(
+                    fingerprint_pb2.ExtractFingerprintRequest(
+                        audio=audio,
+                        purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
+                        max_duration_s=max_duration_s,
+                        rescale=rescale,
+                        neural=neural,
+                    ),
+                    timeout=300,
+                )
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -151,8 +152,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"fingerprint service unavailable: {exc.code().name}"
             )
-        landmarks: common_pb2.LandmarkFingerprint = extracted.landmarks
-        return landmarks
+            raise AssertionError("unreachable") from exc
+        return extracted
 
     async def Scan(
         self,
@@ -263,6 +264,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             f"deleted:{request.track_id}",
         )
         return search_pb2.DeleteTrackResponse()
+
+
+def neural_query(nf: common_pb2.NeuralFingerprint) -> NeuralQuery | None:
+    if not nf.dim:
+        return None
+    return NeuralQuery(
+        times_s=np.frombuffer(nf.times, dtype="<f4").astype(np.float64),
+        vectors=np.frombuffer(nf.vectors, dtype="<f4").reshape(-1, nf.dim),
+    )
 
 
 async def delete_everywhere(catalog: Catalog, segments: SegmentStore | None, track_id: str) -> bool:

@@ -93,16 +93,7 @@ class NeuralQuery:
     vectors: np.ndarray  # [n, dim] float32, unit length
 
 
-@dataclass(frozen=True)
-class ClipExtras:
-    """What a second fingerprint call brings, when the first answer is not enough."""
-
-    rescaled: Sequence[ScaledQuery] = ()
-    neural: NeuralQuery | None = None
-
-
-# (rescale, neural) -> the clip's rescaled landmarks and/or neural segments.
-ExtrasFetcher = Callable[[bool, bool], Awaitable[ClipExtras]]
+RescaledLandmarks = Callable[[], Awaitable[Sequence[ScaledQuery]]]
 VectorSearch = Callable[[np.ndarray, int], Sequence[Sequence[Hit]]]
 
 AUTO: Final = search_pb2.IDENTIFY_METHOD_UNSPECIFIED
@@ -117,14 +108,17 @@ async def identify(
     landmarks: common_pb2.LandmarkFingerprint,
     max_matches: int,
     *,
-    extras: ExtrasFetcher | None = None,
+    neural: NeuralQuery | None = None,
+    rescaled: RescaledLandmarks | None = None,
     vector_search: VectorSearch | None = None,
     method: int = AUTO,
 ) -> search_pb2.IdentifyResponse:
     """Landmarks (with the speed rescue) and/or neural search, fused.
 
-    AUTO asks the neural index only when landmarks are not already certain;
-    LANDMARKS and NEURAL use one method; FUSED always runs both.
+    AUTO searches the neural index only when landmarks are not already certain;
+    LANDMARKS and NEURAL use one method; FUSED always runs both. `rescaled`
+    fetches the clip's rescaled landmarks, asked for only when the plain ones
+    match nothing.
     """
     hashes = np.frombuffer(landmarks.hashes, dtype="<u4")
     times = np.frombuffer(landmarks.times, dtype="<u4").astype(np.int64)
@@ -142,50 +136,44 @@ async def identify(
         response.timings.lookup_ms = (looked_up - started) * 1000
         response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
         response.postings = len(postings[0])
-    landmark_found = fusion.from_landmarks(ranked, frame_s)
 
-    rescue = bool(use_landmarks and not ranked and extras and hashes.size >= RESCUE_MIN_LANDMARKS)
-    neural = vector_search is not None and (
-        method in (search_pb2.IDENTIFY_METHOD_NEURAL, search_pb2.IDENTIFY_METHOD_FUSED)
-        or (method == AUTO and (not ranked or ranked[0].confidence < fusion.CERTAIN))
+    rescue = bool(use_landmarks and not ranked and rescaled and hashes.size >= RESCUE_MIN_LANDMARKS)
+    search_vectors = (
+        neural is not None
+        and vector_search is not None
+        and (
+            method in (search_pb2.IDENTIFY_METHOD_NEURAL, search_pb2.IDENTIFY_METHOD_FUSED)
+            or (method == AUTO and (not ranked or ranked[0].confidence < fusion.CERTAIN))
+        )
     )
-    neural_found: list[fusion.FusedMatch] = []
-    if extras is not None and (rescue or neural):
-        second_started = time.perf_counter()
-        more = await extras(rescue, neural)
-        extracted_at = time.perf_counter()
-        response.timings.extract_ms += (extracted_at - second_started) * 1000
 
-        async def run_rescue() -> list[fusion.FusedMatch]:
-            if not rescue or not more.rescaled:
-                return []
-            rescue_started = time.perf_counter()
-            queries = more.rescaled
+    async def run_rescue() -> list[fusion.FusedMatch]:
+        if not rescue or rescaled is None:
+            return fusion.from_landmarks(ranked, frame_s)
+        rescue_started = time.perf_counter()
+        queries = await rescaled()
+        found: list[MatchCandidate] = []
+        scale = 1.0
+        if queries:
             rows = await catalog.postings(np.concatenate([q.hashes for q in queries]))
             scale, found = await asyncio.to_thread(
                 best_rescaled_matches, queries, rows, max_matches
             )
             response.postings += len(rows[0])
-            response.timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
-            return fusion.from_landmarks(found, frame_s, scale)
+        response.timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
+        return fusion.from_landmarks(found, frame_s, scale)
 
-        async def run_neural() -> list[fusion.FusedMatch]:
-            if not neural or more.neural is None or vector_search is None:
-                return []
-            neural_started = time.perf_counter()
-            query = more.neural
-            found = await asyncio.to_thread(
-                rank_tracks,
-                query.times_s,
-                query.vectors,
-                vector_search,
-                max_matches=max_matches,
-            )
-            response.timings.neural_ms = (time.perf_counter() - neural_started) * 1000
-            return fusion.from_neural(found)
+    async def run_neural() -> list[fusion.FusedMatch]:
+        if not search_vectors or neural is None or vector_search is None:
+            return []
+        neural_started = time.perf_counter()
+        found = await asyncio.to_thread(
+            rank_tracks, neural.times_s, neural.vectors, vector_search, max_matches=max_matches
+        )
+        response.timings.neural_ms = (time.perf_counter() - neural_started) * 1000
+        return fusion.from_neural(found)
 
-        rescued, neural_found = await asyncio.gather(run_rescue(), run_neural())
-        landmark_found = landmark_found or rescued
+    landmark_found, neural_found = await asyncio.gather(run_rescue(), run_neural())
     fused = fusion.fuse(landmark_found, neural_found, max_matches)
     if not fused:
         return response
