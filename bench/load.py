@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -34,7 +35,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
 from bench.synthetic import song, wav_bytes
 from earmark._table import table
@@ -42,7 +42,10 @@ from earmark.aio import AsyncEarmark
 from earmark.v1 import common_pb2, events_pb2, search_pb2, search_pb2_grpc
 from earmark_fingerprint.extraction import to_proto
 from earmark_fingerprint.landmarks import SAMPLE_RATE_HZ, extract_landmarks
+from earmark_runtime.config import load_settings
+from earmark_runtime.db import open_pool
 from earmark_search.catalog import Catalog
+from earmark_search.compaction import CompactionPolicy
 from earmark_stack import StackInfo, read_info, restart_service, up
 
 CLIP_S = 5.0
@@ -120,7 +123,11 @@ async def fill_catalog(database_url: str, hours: float, track_s: float, workers:
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
     seeds = range(first_seed, first_seed + missing)
-    async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False) as pool:
+    # The search service's own policy decides when to pack, as if it had indexed them.
+    policy = CompactionPolicy(rows=load_settings("search").compact_rows, idle_s=math.inf)
+    recent, total = 0, catalog_size(database_url)[2]
+    pool = await open_pool(database_url, min_size=1, max_size=2)
+    try:
         catalog = Catalog(pool)
         with ProcessPoolExecutor(max_workers=workers) as executor:
             # A bounded window of tracks being made while finished ones are written.
@@ -136,6 +143,11 @@ async def fill_catalog(database_url: str, hours: float, track_s: float, workers:
                         loop.run_in_executor(executor, distractor_fingerprint, seed, track_s)
                     )
                 await catalog.index_track(event)
+                written = len(event.landmarks.hashes) // 4
+                recent, total = recent + written, total + written
+                if policy.due(recent, total, idle_s=0.0):
+                    await catalog.compact()
+                    recent = 0
                 if done % 50 == 0 or done == missing:
                     elapsed = time.perf_counter() - started
                     print(
@@ -143,8 +155,12 @@ async def fill_catalog(database_url: str, hours: float, track_s: float, workers:
                         f"{done * track_s / 3600 / elapsed * 60:.1f} h of audio per minute",
                         flush=True,
                     )
+        await catalog.compact()
+    finally:
+        await pool.close()
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE catalog.landmarks")
+        conn.execute("VACUUM ANALYZE catalog.recent_postings")
+        conn.execute("VACUUM ANALYZE catalog.packed_postings")
         conn.execute("ANALYZE catalog.tracks")
     return missing
 

@@ -112,7 +112,7 @@ def test_every_submission_ends_exactly_once_through_crashes(stack: StackInfo) ->
         tracks, expected_postings = conn.execute(
             "SELECT count(*), sum(landmark_count) FROM catalog.tracks"
         ).fetchone()  # type: ignore[misc]
-        postings = conn.execute("SELECT count(*) FROM catalog.landmarks").fetchone()[0]  # type: ignore[index]
+        postings = conn.execute("SELECT count(*) FROM catalog.postings").fetchone()[0]  # type: ignore[index]
         rows = conn.execute("SELECT source_sha256, track_id::text FROM catalog.tracks").fetchall()
         shas = {r[0] for r in rows}
         track_ids = {r[1] for r in rows}

@@ -25,7 +25,7 @@ def _submission_count(stack: StackInfo) -> int:
 
 def _landmark_rows(stack: StackInfo) -> int:
     with psycopg.connect(stack.database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM catalog.landmarks").fetchone()
+        row = conn.execute("SELECT count(*) FROM catalog.postings").fetchone()
     assert row is not None
     return int(row[0])
 

@@ -52,7 +52,7 @@ def _catalog_state(stack: StackInfo, track_ids: list[str]) -> dict[str, tuple[in
         rows = conn.execute(
             """
             SELECT t.track_id::text, t.landmark_count,
-                   (SELECT count(*) FROM catalog.landmarks l
+                   (SELECT count(*) FROM catalog.postings l
                     WHERE l.track_key = t.track_key
                       AND l.hash = ANY(SELECT unnest(f.hashes))),
                    cardinality(f.hashes), t.algorithm_version

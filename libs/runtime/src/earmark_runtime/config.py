@@ -68,6 +68,17 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
         "Address-space limit of each ffmpeg child, MiB; 0 for none.",
     ),
     SettingDoc(
+        "EARMARK_COMPACT_ROWS",
+        "500000",
+        "search: new postings (one row each) that trigger packing them into the per-hash "
+        "index at once (also when they reach a quarter of the catalog's postings).",
+    ),
+    SettingDoc(
+        "EARMARK_COMPACT_IDLE_S",
+        "10",
+        "search: seconds without index writes after which a smaller backlog is packed too.",
+    ),
+    SettingDoc(
         "EARMARK_API_KEYS_FILE",
         "(empty: no authentication)",
         "JSON list of {name, role, sha256} of accepted API keys; roles identify, ingest, admin.",
@@ -199,6 +210,8 @@ class Settings:
     max_monitor_s: float
     monitor_streams: int
     max_inflight: int
+    compact_rows: int
+    compact_idle_s: float
     ffmpeg_memory_mb: int
     workers: int
     stream_replicas: int
@@ -277,6 +290,8 @@ def load_settings(service: str) -> Settings:
         max_monitor_s=_env_float("EARMARK_MAX_MONITOR_S", 86400.0, minimum=1.0),
         monitor_streams=_env_int("EARMARK_MONITOR_STREAMS", 8, minimum=1),
         max_inflight=_env_int("EARMARK_MAX_INFLIGHT", 16, minimum=1),
+        compact_rows=_env_int("EARMARK_COMPACT_ROWS", 500_000, minimum=1),
+        compact_idle_s=_env_float("EARMARK_COMPACT_IDLE_S", 10.0),
         ffmpeg_memory_mb=_env_int("EARMARK_FFMPEG_MEMORY_MB", 1024),
         workers=_env_int("EARMARK_WORKERS", 2, minimum=1),
         stream_replicas=_env_int("EARMARK_STREAM_REPLICAS", 1, minimum=1),

@@ -26,6 +26,7 @@ from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chun
 from earmark_runtime.telemetry import client_interceptors
 
 from .catalog import Catalog
+from .compaction import CompactionPolicy, Compactor
 from .duplicates import find_duplicate
 from .identify import NeuralQuery, ScaledQuery, identify, scan_recording
 from .live import monitor_events
@@ -293,11 +294,16 @@ class Indexer:
     crash between the two writes completes the second)."""
 
     def __init__(
-        self, ctx: ServiceContext, catalog: Catalog, segments: SegmentStore | None = None
+        self,
+        ctx: ServiceContext,
+        catalog: Catalog,
+        segments: SegmentStore | None = None,
+        compactor: Compactor | None = None,
     ) -> None:
         self._ctx = ctx
         self._catalog = catalog
         self._segments = segments
+        self._compactor = compactor
 
     async def handle(self, event: events_pb2.FingerprintExtracted, delivery: bus.Delivery) -> None:
         if not is_uuid(event.submission.submission_id):
@@ -320,6 +326,7 @@ class Indexer:
                         log.info("%s replaces track %s", sub.submission_id, duplicate[0])
                         await delete_everywhere(self._catalog, self._segments, duplicate[0])
                 await self._catalog.index_track(event)
+            self._wrote_postings()
             await self._write_segments(event)
         except ValueError as exc:
             raise bus.PermanentError(str(exc)) from exc
@@ -339,9 +346,14 @@ class Indexer:
             if not await self._catalog.reindex_track(event):
                 log.info("reindex of deleted track %s ignored", event.submission.submission_id)
                 return
+            self._wrote_postings()
             await self._write_segments(event)
         except ValueError as exc:
             raise bus.PermanentError(str(exc)) from exc
+
+    def _wrote_postings(self) -> None:
+        if self._compactor is not None:
+            self._compactor.wrote()
 
     async def _write_segments(self, event: events_pb2.FingerprintExtracted) -> None:
         nf = event.neural
@@ -419,7 +431,9 @@ async def run() -> None:
     channel = dial(ctx, ctx.settings.fingerprint_addr, client_interceptors(ctx.settings.api_key))
     fingerprinter = fingerprint_pb2_grpc.FingerprintServiceStub(channel)
     segments = await open_segments(ctx.settings.vectors_uri)
-    indexer = Indexer(ctx, catalog, segments)
+    settings = ctx.settings
+    compactor = Compactor(catalog, CompactionPolicy(settings.compact_rows, settings.compact_idle_s))
+    indexer = Indexer(ctx, catalog, segments, compactor)
     ctx.consumers.append(
         bus.Consumer(
             ctx.js,
@@ -457,6 +471,6 @@ async def run() -> None:
         health_checks=ctx.health_checks(),
         keys=ctx.keys,
         tls=ctx.tls,
-        background=ctx.background_jobs(),
+        background=[*ctx.background_jobs(), compactor.run],
         on_shutdown=shutdown,
     )

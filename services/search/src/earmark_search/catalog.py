@@ -1,14 +1,16 @@
 """The catalog store: tracks and their landmark index in PostgreSQL.
 
-Writes go through binary COPY built with numpy (no per-row Python work), and
-lookups come back through binary COPY parsed with numpy, so a clip's postings
-cost one round trip whatever their number.
+Writes go through binary COPY built with numpy (no per-row Python work) into
+`recent_postings`; `compact` later packs them into one `bigint[]` row per hash
+(schema.py). Lookups read both parts in one COPY statement and are parsed with
+numpy, so a clip's postings cost one round trip whatever their number.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,14 +52,52 @@ def encode_postings(hashes: np.ndarray, track_key: int, times: np.ndarray) -> by
     return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
-def decode_postings(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Parse `COPY (SELECT hash, track_key, t ...) TO STDOUT (FORMAT BINARY)` output."""
-    body = data[len(_COPY_HEADER) : len(data) - len(_COPY_TRAILER)]
-    rows = np.frombuffer(body, dtype=_ROW3)
+# One packed entry: track_key in the high 32 bits, the landmark's frame in the low.
+_ENTRY_TRACK_SHIFT = 32
+_ENTRY_TIME_MASK = 0xFFFFFFFF
+# A binary int8[] array element: its length (always 8), then the value.
+_ARRAY_ELEMENT = np.dtype([("length", ">i4"), ("value", ">i8")])
+_ROW_HEAD = struct.Struct(">hiiiiii")  # fields, len, hash, len, ndim, has_null, oid
+_DIM = struct.Struct(">ii")  # elements, lower bound
+
+
+def pack_entries(track_keys: np.ndarray, times: np.ndarray) -> np.ndarray:
+    return (track_keys.astype(np.int64) << _ENTRY_TRACK_SHIFT) | (
+        times.astype(np.int64) & _ENTRY_TIME_MASK
+    )
+
+
+def decode_packed_postings(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parse binary COPY rows of (hash integer, entries bigint[]) into postings.
+
+    The row loop runs once per hash (a clip has ~1-2 thousand); the entries of
+    a row are one numpy view each.
+    """
+    end = len(data) - len(_COPY_TRAILER)
+    pos = len(_COPY_HEADER)
+    row_hashes: list[int] = []
+    parts: list[np.ndarray] = []
+    while pos < end:
+        _fields, _, hash_value, array_len, ndim, _, _ = _ROW_HEAD.unpack_from(data, pos)
+        array_at = pos + 10
+        pos = array_at + 4 + array_len
+        if ndim == 0:  # an empty array: a row that deletes emptied
+            continue
+        count, _ = _DIM.unpack_from(data, array_at + 16)
+        row_hashes.append(hash_value)
+        parts.append(
+            np.frombuffer(data, dtype=_ARRAY_ELEMENT, count=count, offset=array_at + 24)["value"]
+        )
+    if not parts:
+        empty = np.empty(0, dtype=np.int64)
+        return np.empty(0, dtype="<u4"), empty, empty
+    entries = np.concatenate(parts).astype(np.int64)
+    counts = np.fromiter((p.size for p in parts), dtype=np.int64, count=len(parts))
+    hashes = np.repeat(np.array(row_hashes, dtype=np.int64), counts)
     return (
-        rows["hash"].astype("<i4").view("<u4"),
-        rows["track"].astype(np.int64),
-        rows["t"].astype(np.int64),
+        hashes.astype("<i4").view("<u4"),
+        entries >> _ENTRY_TRACK_SHIFT,
+        entries & _ENTRY_TIME_MASK,
     )
 
 
@@ -109,6 +149,31 @@ _TRACK_COLUMNS = (
     "ORDER BY r.name), '[]') FROM catalog.renditions r WHERE r.track_key = tracks.track_key) "
     "AS renditions"
 )
+
+
+# Moves one hash range of recent_postings into packed_postings, appending to
+# existing rows; returns how many postings moved.
+_COMPACT_SLICE = f"""
+WITH moved AS (
+    DELETE FROM {SCHEMA}.recent_postings WHERE hash >= %s AND hash < %s
+    RETURNING hash, track_key, t
+), packed AS (
+    INSERT INTO {SCHEMA}.packed_postings AS p (hash, entries)
+    SELECT hash, array_agg((track_key::bigint << 32) | t::bigint) FROM moved GROUP BY hash
+    ON CONFLICT (hash) DO UPDATE SET entries = p.entries || EXCLUDED.entries
+)
+SELECT count(*) FROM moved
+"""  # noqa: S608 - SCHEMA is a module constant, values are parameters
+
+
+async def _lock_postings(conn: AsyncConnection) -> None:
+    """Serialise the writers of the index (track writes, deletes, compaction slices).
+
+    SHARE ROW EXCLUSIVE conflicts with itself but not with readers, so lookups
+    never wait. Every writer takes it first, before touching either part,
+    so two writers cannot deadlock on each other's rows.
+    """
+    await conn.execute(f"LOCK TABLE {SCHEMA}.packed_postings IN SHARE ROW EXCLUSIVE MODE")
 
 
 def _row_to_track(row: dict[str, Any]) -> TrackRow:
@@ -229,6 +294,7 @@ class Catalog:
         self, conn: AsyncConnection, track_key: int, hashes: np.ndarray, times: np.ndarray
     ) -> None:
         """The track's postings and fingerprint row become exactly `hashes`/`times`."""
+        await _lock_postings(conn)
         await self._drop_landmarks(conn, track_key)
         await conn.execute(
             f"INSERT INTO {SCHEMA}.fingerprints (track_key, hashes, times) VALUES (%s, %s, %s)",  # noqa: S608
@@ -236,26 +302,44 @@ class Catalog:
         )
         if len(hashes):
             async with conn.cursor().copy(
-                f"COPY {SCHEMA}.landmarks (hash, track_key, t) FROM STDIN (FORMAT BINARY)"
+                f"COPY {SCHEMA}.recent_postings (hash, track_key, t) FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 await copy.write(encode_postings(hashes, track_key, times))
 
     async def _drop_landmarks(self, conn: AsyncConnection, track_key: int) -> None:
-        # Delete through the hash index using the track's own hash list, so no
-        # second index on track_key is needed.
+        """Remove the track's postings from both parts of the index (caller holds the lock)."""
+        # Reach the rows through the track's own hash list, so no index on
+        # track_key is needed.
+        track_hashes = (
+            f"(SELECT DISTINCT unnest(hashes) AS hash FROM {SCHEMA}.fingerprints "  # noqa: S608
+            "WHERE track_key = %(key)s) f"
+        )
+        params = {"key": track_key}
         await conn.execute(
-            f"""
-            DELETE FROM {SCHEMA}.landmarks l
-            USING (SELECT DISTINCT unnest(hashes) AS hash FROM {SCHEMA}.fingerprints
-                   WHERE track_key = %s) f
-            WHERE l.hash = f.hash AND l.track_key = %s
-            """,  # noqa: S608
-            (track_key, track_key),
+            f"DELETE FROM {SCHEMA}.recent_postings l USING {track_hashes} "  # noqa: S608
+            "WHERE l.hash = f.hash AND l.track_key = %(key)s",
+            params,
+        )
+        await conn.execute(
+            f"UPDATE {SCHEMA}.packed_postings p "  # noqa: S608
+            "SET entries = ARRAY(SELECT e FROM unnest(p.entries) AS e WHERE e >> 32 <> %(key)s) "
+            f"FROM {track_hashes} WHERE p.hash = f.hash",
+            params,
+        )
+        await conn.execute(
+            f"DELETE FROM {SCHEMA}.packed_postings p USING {track_hashes} "  # noqa: S608
+            "WHERE p.hash = f.hash AND cardinality(p.entries) = 0",
+            params,
         )
         await conn.execute(f"DELETE FROM {SCHEMA}.fingerprints WHERE track_key = %s", (track_key,))  # noqa: S608
 
     async def postings(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip."""
+        """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip.
+
+        One statement reads both parts of the index, so it sees one snapshot:
+        a compaction moving postings between them is seen before or after,
+        never halfway.
+        """
         unique = np.unique(hashes.astype("<u4")).view("<i4")
         if unique.size == 0:
             empty = np.empty(0, dtype=np.int64)
@@ -265,14 +349,66 @@ class Catalog:
         async with (
             self._pool.connection() as conn,
             conn.cursor().copy(
-                f"COPY (SELECT hash, track_key, t FROM {SCHEMA}.landmarks "  # noqa: S608
-                "WHERE hash = ANY(%s::integer[])) TO STDOUT (FORMAT BINARY)",
-                (literal,),
+                f"""
+                COPY (
+                    SELECT hash, array_agg((track_key::bigint << 32) | t::bigint)
+                    FROM {SCHEMA}.recent_postings WHERE hash = ANY(%(hashes)s::integer[])
+                    GROUP BY hash
+                    UNION ALL
+                    SELECT hash, entries
+                    FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
+                ) TO STDOUT (FORMAT BINARY)
+                """,  # noqa: S608
+                {"hashes": literal},
             ) as copy,
         ):
             async for chunk in copy:
                 chunks.append(bytes(chunk))
-        return decode_postings(b"".join(chunks))
+        return decode_packed_postings(b"".join(chunks))
+
+    async def backlog(self) -> tuple[int, int]:
+        """(postings waiting in recent_postings, postings of the whole catalog)."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT (SELECT count(*) FROM {SCHEMA}.recent_postings), "  # noqa: S608
+                f"(SELECT coalesce(sum(landmark_count), 0) FROM {SCHEMA}.tracks)"
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def compact(self, slices: int = 16) -> int:
+        """Move every recent posting into the packed rows; the number moved.
+
+        Works in hash-range slices, one transaction each: a slice's hashes
+        move atomically (lookups see them in one part or the other), locks
+        are held briefly, and a crash loses nothing (the slice rolls back and
+        its postings are still in recent_postings).
+        """
+        moved = 0
+        async with self._pool.connection() as conn:
+            if not conn.autocommit:
+                # Each slice must commit on its own, and VACUUM cannot run in a transaction.
+                raise RuntimeError("Catalog.compact needs an autocommit pool (db.open_pool)")
+            cur = await conn.execute(
+                f"SELECT min(hash), max(hash) FROM {SCHEMA}.recent_postings"  # noqa: S608
+            )
+            row = await cur.fetchone()
+            if row is None or row[0] is None:
+                return 0
+            edges = np.linspace(int(row[0]), int(row[1]) + 1, slices + 1)
+            bounds = np.unique(edges.astype(np.int64))
+            for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+                async with conn.transaction():
+                    await _lock_postings(conn)
+                    cur = await conn.execute(_COMPACT_SLICE, (low, high))
+                    counted = await cur.fetchone()
+                    moved += int(counted[0]) if counted else 0
+            # Reclaim the moved rows and the packed rows' old versions now, so
+            # the next appends reuse the space instead of growing the files.
+            await conn.execute(f"VACUUM (ANALYZE) {SCHEMA}.recent_postings")
+            await conn.execute(f"VACUUM (ANALYZE) {SCHEMA}.packed_postings")
+        return moved
 
     async def tracks_by_key(self, keys: list[int]) -> dict[int, TrackRow]:
         if not keys:
@@ -340,6 +476,7 @@ class Catalog:
             row = await cur.fetchone()
             if row is None:
                 return False
+            await _lock_postings(conn)
             await self._drop_landmarks(conn, int(row[0]))
             await conn.execute(f"DELETE FROM {SCHEMA}.tracks WHERE track_key = %s", (row[0],))  # noqa: S608
         return True

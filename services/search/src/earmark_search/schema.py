@@ -4,9 +4,17 @@ Landmarks are stored twice, as acoustid-server does with its fingerprints:
 - `fingerprints`: one row per track with its hashes and times as integer
   arrays (compact, TOASTed and compressed) — the exact data, used to delete or
   re-index a track without scanning the index;
-- `landmarks`: the inverted index, one narrow row per (hash, track, time) with
-  a B-tree on hash. Lookups fetch every posting of a clip's hashes in one
-  query; the offset vote runs in numpy.
+- the inverted index, in two parts (a log-structured merge, see
+  docs/landmarks.md "Store"):
+  - `packed_postings`: one row per hash, its postings packed in a `bigint[]`
+    (track_key << 32 | t). A lookup reads one row per query hash instead of
+    one heap tuple per posting, and a posting costs 8 bytes instead of ~40;
+  - `recent_postings`: one narrow row per (hash, track, time) with a B-tree on
+    hash, where new tracks land by binary COPY (cheap appends). The search
+    service's compactor moves them into `packed_postings` in hash-range slices.
+  - the view `postings` is their union, row per posting (for operators/tests).
+  Lookups read both parts in one statement, so one snapshot: a posting being
+  moved is seen exactly once.
 Hashes are unsigned 32-bit values stored in signed `integer` columns
 (bit-for-bit), never as byte strings.
 """
@@ -56,5 +64,18 @@ MIGRATIONS: tuple[str, ...] = (
         duration_s   double precision NOT NULL,
         PRIMARY KEY (track_key, name)
     );
+    """,
+    """
+    ALTER TABLE landmarks RENAME TO recent_postings;
+    ALTER INDEX landmarks_hash_idx RENAME TO recent_postings_hash_idx;
+    CREATE TABLE packed_postings (
+        hash    integer PRIMARY KEY,
+        entries bigint[] NOT NULL
+    ) WITH (fillfactor = 100);
+    CREATE VIEW postings AS
+        SELECT hash, track_key, t FROM recent_postings
+        UNION ALL
+        SELECT p.hash, (e >> 32)::integer, (e & 4294967295)::integer
+        FROM packed_postings p, unnest(p.entries) AS e;
     """,
 )

@@ -1,0 +1,98 @@
+"""When to pack recent postings into the per-hash index, and the loop that does it.
+
+New tracks land in `recent_postings` (one row per posting: cheap appends, but
+a lookup pays one heap tuple per posting). Packing them costs a rewrite of
+every packed row they touch, so it waits for a batch worth it: a fixed number
+of rows, or a quarter of the catalog (which bounds the rewrite work per posting
+ingested, as the merges of a log-structured index do), or a pause in indexing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+log = logging.getLogger(__name__)
+
+# Share of the catalog that a backlog may reach before it is packed at once.
+BACKLOG_SHARE: Final = 0.25
+# During a pause, a backlog smaller than this share of the catalog is left
+# where it is: its lookups are cheap, and packing it would rewrite rows for
+# little gain.
+IDLE_SHARE: Final = 0.01
+POLL_S: Final = 2.0
+RETRY_S: Final = 30.0
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    rows: int
+    idle_s: float
+
+    def due(self, recent: int, catalog: int, idle_s: float) -> bool:
+        """Pack now? `recent` postings wait, of `catalog` in all, after `idle_s` without writes."""
+        if recent <= 0:
+            return False
+        packed = max(catalog - recent, 0)
+        if recent >= max(self.rows, BACKLOG_SHARE * packed):
+            return True
+        return idle_s >= self.idle_s and recent >= IDLE_SHARE * packed
+
+
+class CompactableCatalog(Protocol):
+    async def backlog(self) -> tuple[int, int]: ...
+
+    async def compact(self) -> int: ...
+
+
+class Compactor:
+    """Background job of the search service; `wrote()` is called after index writes."""
+
+    def __init__(self, catalog: CompactableCatalog, policy: CompactionPolicy) -> None:
+        self._catalog = catalog
+        self._policy = policy
+        self._last_write = time.monotonic()
+        # Something may wait from before this process started.
+        self._unchecked = True
+
+    def wrote(self) -> None:
+        self._last_write = time.monotonic()
+        self._unchecked = True
+
+    async def run_once(self) -> int:
+        """Pack if due; the number of postings moved."""
+        if not self._unchecked:
+            return 0
+        recent, catalog = await self._catalog.backlog()
+        idle_s = time.monotonic() - self._last_write
+        if not self._policy.due(recent, catalog, idle_s):
+            # A backlog too small to pack even when idle needs no more checks
+            # until the next write.
+            if idle_s >= self._policy.idle_s:
+                self._unchecked = False
+            return 0
+        started = time.perf_counter()
+        moved = await self._catalog.compact()
+        log.info(
+            "packed %d recent postings into the per-hash index in %.1f s",
+            moved,
+            time.perf_counter() - started,
+        )
+        return moved
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The database may be restarting; the postings stay where they
+                # are (each slice is one transaction) and the next try packs them.
+                log.warning("compaction failed; retrying in %.0f s", RETRY_S, exc_info=True)
+                await asyncio.sleep(RETRY_S)
+                continue
+            await asyncio.sleep(POLL_S)

@@ -1,0 +1,142 @@
+"""The two-part landmark index in the real PostgreSQL: recent rows, packed rows, and
+the compaction that moves postings from one to the other without losing any."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import numpy as np
+import psycopg
+import pytest
+
+from earmark.v1 import common_pb2, events_pb2
+from earmark_runtime.db import open_pool
+from earmark_search.catalog import Catalog
+from earmark_stack import StackInfo
+
+# Far above the 23 bits the landmark extractor uses, so no other test's tracks share them.
+HASH_BASE = 1 << 30
+
+
+def _event(track_id: str, hashes: np.ndarray, times: np.ndarray) -> events_pb2.FingerprintExtracted:
+    return events_pb2.FingerprintExtracted(
+        submission=events_pb2.SubmissionReceived(
+            submission_id=track_id, blob_key=f"sources/{track_id}", source_sha256=track_id
+        ),
+        landmarks=common_pb2.LandmarkFingerprint(
+            algorithm_version=1,
+            frame_rate_hz=31.25,
+            hashes=hashes.astype("<u4").tobytes(),
+            times=times.astype("<u4").tobytes(),
+            duration_s=60.0,
+        ),
+    )
+
+
+def _fingerprint(seed: int, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # Few distinct hashes, so tracks share packed rows as real music does.
+    return HASH_BASE + rng.integers(0, 400, n), np.sort(rng.integers(0, 1875, n))
+
+
+def _as_set(postings: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[tuple[int, int, int]]:
+    return sorted(zip(*(column.tolist() for column in postings), strict=True))
+
+
+@pytest.fixture
+async def catalog(stack: StackInfo) -> AsyncIterator[Catalog]:
+    pool = await open_pool(stack.database_url, min_size=1, max_size=4)
+    try:
+        yield Catalog(pool)
+    finally:
+        await pool.close()
+
+
+async def test_compaction_moves_postings_without_changing_what_a_lookup_sees(
+    stack: StackInfo, catalog: Catalog
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    prints = {track_id: _fingerprint(seed) for seed, track_id in enumerate(ids, 4100)}
+    every_hash = np.arange(HASH_BASE, HASH_BASE + 400)
+    try:
+        keys = {t: await catalog.index_track(_event(t, *prints[t])) for t in ids}
+        expected = sorted(
+            (int(h), keys[t], int(tm)) for t in ids for h, tm in zip(*prints[t], strict=True)
+        )
+        assert _as_set(await catalog.postings(every_hash)) == expected
+
+        await catalog.compact()  # (the service's own compactor may have run first)
+        with psycopg.connect(stack.database_url) as conn:
+            recent = conn.execute(
+                "SELECT count(*) FROM catalog.recent_postings WHERE hash >= %s", (HASH_BASE,)
+            ).fetchone()
+            packed = conn.execute(
+                "SELECT count(*), sum(cardinality(entries)) FROM catalog.packed_postings "
+                "WHERE hash >= %s",
+                (HASH_BASE,),
+            ).fetchone()
+        assert recent is not None and recent[0] == 0
+        assert packed is not None and packed[0] == 400 and packed[1] == 9000
+        assert _as_set(await catalog.postings(every_hash)) == expected
+
+        # A new track lands in the recent part; the lookup sees both parts.
+        newcomer = str(uuid.uuid4())
+        ids.append(newcomer)
+        prints[newcomer] = _fingerprint(4200)
+        keys[newcomer] = await catalog.index_track(_event(newcomer, *prints[newcomer]))
+        expected = sorted(
+            expected
+            + [(int(h), keys[newcomer], int(tm)) for h, tm in zip(*prints[newcomer], strict=True)]
+        )
+        assert _as_set(await catalog.postings(every_hash)) == expected
+
+        # Deleting a packed track removes exactly its entries from the shared rows.
+        gone = ids[0]
+        assert await catalog.delete_track(gone)
+        expected = [p for p in expected if p[1] != keys[gone]]
+        assert _as_set(await catalog.postings(every_hash)) == expected
+
+        # Re-indexing a packed track replaces its postings, never doubles them.
+        again = ids[1]
+        new_hashes, new_times = _fingerprint(4300, n=500)
+        assert await catalog.reindex_track(_event(again, new_hashes, new_times))
+        expected = sorted(
+            [p for p in expected if p[1] != keys[again]]
+            + [(int(h), keys[again], int(tm)) for h, tm in zip(new_hashes, new_times, strict=True)]
+        )
+        assert _as_set(await catalog.postings(every_hash)) == expected
+        await catalog.compact()
+        assert _as_set(await catalog.postings(every_hash)) == expected
+    finally:
+        for track_id in ids:
+            await catalog.delete_track(track_id)
+    assert _as_set(await catalog.postings(every_hash)) == []
+    with psycopg.connect(stack.database_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM catalog.packed_postings WHERE hash >= %s", (HASH_BASE,)
+        ).fetchone()
+    assert left is not None and left[0] == 0  # emptied rows are removed, not kept empty
+
+
+async def test_lookups_during_a_compaction_see_every_posting_once(
+    stack: StackInfo, catalog: Catalog
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    every_hash = np.arange(HASH_BASE, HASH_BASE + 400)
+    try:
+        for seed, track_id in enumerate(ids, 4400):
+            await catalog.index_track(_event(track_id, *_fingerprint(seed)))
+        before = _as_set(await catalog.postings(every_hash))
+        assert len(before) == 12_000
+        compaction = asyncio.create_task(catalog.compact(slices=64))
+        seen = []
+        while not compaction.done():
+            seen.append(_as_set(await catalog.postings(every_hash)))
+        await compaction
+        seen.append(_as_set(await catalog.postings(every_hash)))
+        assert all(s == before for s in seen), "a lookup saw a posting twice or not at all"
+    finally:
+        for track_id in ids:
+            await catalog.delete_track(track_id)

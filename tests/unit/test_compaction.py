@@ -1,0 +1,107 @@
+"""When recent postings are packed into the per-hash index."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from earmark_search.catalog import decode_packed_postings, pack_entries
+from earmark_search.compaction import CompactionPolicy, Compactor
+
+POLICY = CompactionPolicy(rows=1000, idle_s=10.0)
+
+
+def test_nothing_waiting_is_never_due() -> None:
+    assert not POLICY.due(0, 0, idle_s=1e9)
+    assert not POLICY.due(0, 10**9, idle_s=1e9)
+
+
+def test_a_full_batch_is_packed_even_while_indexing() -> None:
+    assert POLICY.due(1000, 1000, idle_s=0.0)
+    assert not POLICY.due(999, 999, idle_s=0.0)
+
+
+def test_a_large_catalog_waits_for_a_quarter_of_itself() -> None:
+    # 100k packed: 1,000 recent is the fixed batch but not a quarter of the catalog.
+    assert not POLICY.due(1000, 101_000, idle_s=0.0)
+    assert POLICY.due(25_000, 125_000, idle_s=0.0)
+
+
+def test_a_pause_packs_a_small_backlog_unless_it_is_negligible() -> None:
+    assert not POLICY.due(50, 50, idle_s=9.9)
+    assert POLICY.due(50, 50, idle_s=10.0)  # empty packed index: anything is worth it
+    assert POLICY.due(2000, 102_000, idle_s=10.0)  # 2 % of the catalog
+    assert not POLICY.due(500, 100_500, idle_s=10.0)  # 0.5 %: its lookups cost little
+
+
+class _Catalog:
+    def __init__(self, recent: int, total: int) -> None:
+        self.recent, self.total, self.compactions = recent, total, 0
+
+    async def backlog(self) -> tuple[int, int]:
+        return self.recent, self.total
+
+    async def compact(self) -> int:
+        moved, self.recent = self.recent, 0
+        self.compactions += 1
+        return moved
+
+
+async def test_the_compactor_packs_when_due_and_then_rests_until_the_next_write() -> None:
+    catalog = _Catalog(recent=5, total=5)
+    compactor = Compactor(catalog, CompactionPolicy(rows=1000, idle_s=0.0))
+    assert await compactor.run_once() == 5
+    assert await compactor.run_once() == 0  # checked: nothing left
+    assert await compactor.run_once() == 0
+    catalog.recent, catalog.total = 7, 12
+    compactor.wrote()
+    assert await compactor.run_once() == 7
+    assert catalog.compactions == 2
+
+
+async def test_the_compactor_keeps_checking_while_writes_continue() -> None:
+    catalog = _Catalog(recent=5, total=10_000)
+    compactor = Compactor(catalog, CompactionPolicy(rows=1000, idle_s=3600.0))
+    compactor.wrote()
+    assert await compactor.run_once() == 0  # not due: small, and not idle yet
+    catalog.recent = 5000
+    assert await compactor.run_once() == 5000  # still checked, and now due
+
+
+def _copy_rows(rows: list[tuple[int, np.ndarray]]) -> bytes:
+    """PostgreSQL binary COPY of (integer, bigint[]) rows, per its documented format."""
+    out = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
+    for hash_value, entries in rows:
+        if entries.size:
+            array = struct.pack(">iiiii", 1, 0, 20, entries.size, 1) + b"".join(
+                struct.pack(">iq", 8, int(e)) for e in entries
+            )
+        else:
+            array = struct.pack(">iii", 0, 0, 20)
+        out.append(struct.pack(">hii", 2, 4, hash_value) + struct.pack(">i", len(array)) + array)
+    out.append(b"\xff\xff")
+    return b"".join(out)
+
+
+def test_packed_rows_decode_to_one_posting_per_entry() -> None:
+    first = pack_entries(np.array([3, 3, 9]), np.array([0, 70_000, 2**31 - 1]))
+    second = pack_entries(np.array([1]), np.array([12]))
+    hashes, tracks, times = decode_packed_postings(
+        _copy_rows([(-5, first), (7, np.empty(0, np.int64)), (2**23 - 1, second)])
+    )
+    assert hashes.tolist() == [2**32 - 5] * 3 + [2**23 - 1]  # unsigned, bit for bit
+    assert tracks.tolist() == [3, 3, 9, 1]
+    assert times.tolist() == [0, 70_000, 2**31 - 1, 12]
+
+
+def test_no_rows_decode_to_no_postings() -> None:
+    hashes, tracks, times = decode_packed_postings(_copy_rows([]))
+    assert hashes.size == tracks.size == times.size == 0
+
+
+@pytest.mark.parametrize("track_key", [1, 2**31 - 1])
+def test_entries_keep_the_whole_track_key(track_key: int) -> None:
+    entries = pack_entries(np.array([track_key]), np.array([5]))
+    assert int(entries[0]) >> 32 == track_key
