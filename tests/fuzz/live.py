@@ -67,7 +67,9 @@ class NoSubmissions:
 class NoTracks:
     """The catalog, holding no track."""
 
-    async def postings(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    async def postings(
+        self, hashes: np.ndarray, max_postings: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         empty = np.empty(0, dtype=np.int64)
         return np.empty(0, dtype="<u4"), empty, empty
 

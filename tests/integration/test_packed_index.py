@@ -140,3 +140,30 @@ async def test_lookups_during_a_compaction_see_every_posting_once(
     finally:
         for track_id in ids:
             await catalog.delete_track(track_id)
+
+
+async def test_a_postings_budget_reads_the_rarest_packed_hashes_that_fit(
+    stack: StackInfo, catalog: Catalog
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    try:
+        prints = [_fingerprint(seed) for seed in (4500, 4501)]
+        for track_id, (hashes, times) in zip(ids, prints, strict=True):
+            await catalog.index_track(_event(track_id, hashes, times))
+        await catalog.compact()
+        asked = np.arange(HASH_BASE, HASH_BASE + 50)
+        everything = await catalog.postings(asked)
+        found, counts = np.unique(everything[0], return_counts=True)
+        assert counts.sum() > 100 and len(set(counts.tolist())) > 1
+        budget = int(counts.sum() // 3)
+        order = np.lexsort((found, counts))  # rarest first, ties by hash as in SQL
+        fits = found[order][np.cumsum(counts[order]) <= budget]
+
+        hashes, _, _ = await catalog.postings(asked, max_postings=budget)
+        assert sorted(set(hashes.tolist())) == sorted(fits.tolist())
+        assert 0 < hashes.size <= budget
+        # The most common hash is the first to go.
+        assert found[np.argmax(counts)] not in set(hashes.tolist())
+    finally:
+        for track_id in ids:
+            await catalog.delete_track(track_id)

@@ -151,6 +151,20 @@ _TRACK_COLUMNS = (
 )
 
 
+_PACKED_ROWS = f"""
+    SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
+"""  # noqa: S608
+# The rarest hashes first, while their postings fit the budget; the ranking
+# reads (hash, n) from the primary key alone (an index-only scan).
+_RAREST_PACKED_ROWS = f"""
+    SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash IN (
+        SELECT hash FROM (
+            SELECT hash, sum(n) OVER (ORDER BY n, hash) AS running
+            FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
+        ) ranked
+        WHERE running <= %(budget)s
+    )
+"""  # noqa: S608
 # Moves one hash range of recent_postings into packed_postings, appending to
 # existing rows; returns how many postings moved.
 _COMPACT_SLICE = f"""
@@ -158,9 +172,10 @@ WITH moved AS (
     DELETE FROM {SCHEMA}.recent_postings WHERE hash >= %s AND hash < %s
     RETURNING hash, track_key, t
 ), packed AS (
-    INSERT INTO {SCHEMA}.packed_postings AS p (hash, entries)
-    SELECT hash, array_agg((track_key::bigint << 32) | t::bigint) FROM moved GROUP BY hash
-    ON CONFLICT (hash) DO UPDATE SET entries = p.entries || EXCLUDED.entries
+    INSERT INTO {SCHEMA}.packed_postings AS p (hash, n, entries)
+    SELECT hash, count(*), array_agg((track_key::bigint << 32) | t::bigint)
+    FROM moved GROUP BY hash
+    ON CONFLICT (hash) DO UPDATE SET n = p.n + EXCLUDED.n, entries = p.entries || EXCLUDED.entries
 )
 SELECT count(*) FROM moved
 """  # noqa: S608 - SCHEMA is a module constant, values are parameters
@@ -321,20 +336,27 @@ class Catalog:
             params,
         )
         await conn.execute(
-            f"UPDATE {SCHEMA}.packed_postings p "  # noqa: S608
-            "SET entries = ARRAY(SELECT e FROM unnest(p.entries) AS e WHERE e >> 32 <> %(key)s) "
-            f"FROM {track_hashes} WHERE p.hash = f.hash",
+            f"UPDATE {SCHEMA}.packed_postings p SET (entries, n) = ("  # noqa: S608
+            "SELECT coalesce(array_agg(e), '{}'), count(*) FROM unnest(p.entries) AS e "
+            f"WHERE e >> 32 <> %(key)s) FROM {track_hashes} WHERE p.hash = f.hash",
             params,
         )
         await conn.execute(
             f"DELETE FROM {SCHEMA}.packed_postings p USING {track_hashes} "  # noqa: S608
-            "WHERE p.hash = f.hash AND cardinality(p.entries) = 0",
+            "WHERE p.hash = f.hash AND p.n = 0",
             params,
         )
         await conn.execute(f"DELETE FROM {SCHEMA}.fingerprints WHERE track_key = %s", (track_key,))  # noqa: S608
 
-    async def postings(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    async def postings(
+        self, hashes: np.ndarray, max_postings: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip.
+
+        `max_postings`: read the packed rows of the rarest hashes only, as many
+        as fit in this many postings (the most common hashes say the least
+        about which track it is, and cost the most to read and vote on). The
+        recent part, small by design, is always read whole.
 
         One statement reads both parts of the index, so it sees one snapshot:
         a compaction moving postings between them is seen before or after,
@@ -345,6 +367,7 @@ class Catalog:
             empty = np.empty(0, dtype=np.int64)
             return np.empty(0, dtype="<u4"), empty, empty
         literal = "{" + ",".join(map(str, unique.tolist())) + "}"
+        packed = _PACKED_ROWS if max_postings is None else _RAREST_PACKED_ROWS
         chunks: list[bytes] = []
         async with (
             self._pool.connection() as conn,
@@ -355,11 +378,10 @@ class Catalog:
                     FROM {SCHEMA}.recent_postings WHERE hash = ANY(%(hashes)s::integer[])
                     GROUP BY hash
                     UNION ALL
-                    SELECT hash, entries
-                    FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
+                    {packed}
                 ) TO STDOUT (FORMAT BINARY)
                 """,  # noqa: S608
-                {"hashes": literal},
+                {"hashes": literal, "budget": max_postings},
             ) as copy,
         ):
             async for chunk in copy:

@@ -26,6 +26,14 @@ RESCUE_MIN_ALIGNED: Final = 15
 RESCUE_MIN_RATIO: Final = 2.5
 # Clips with fewer landmarks than this cannot reach RESCUE_MIN_ALIGNED anyway.
 RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
+# Postings read per distinct query hash, on average, at most: beyond it only the
+# rarest hashes are read (Catalog.postings). It keeps a lookup's cost flat as the
+# catalog grows; small catalogs never reach it (docs/landmarks.md, "Store").
+POSTINGS_PER_QUERY_HASH: Final = 64
+
+
+def postings_budget(hashes: np.ndarray) -> int:
+    return POSTINGS_PER_QUERY_HASH * int(np.unique(hashes).size)
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ async def identify(
     ranked: list[MatchCandidate] = []
     if use_landmarks and hashes.size:
         started = time.perf_counter()
-        postings = await catalog.postings(hashes)
+        postings = await catalog.postings(hashes, postings_budget(hashes))
         looked_up = time.perf_counter()
         ranked = await asyncio.to_thread(_confident_matches, hashes, times, postings, max_matches)
         response.timings.lookup_ms = (looked_up - started) * 1000
@@ -155,7 +163,8 @@ async def identify(
         found: list[MatchCandidate] = []
         scale = 1.0
         if queries:
-            rows = await catalog.postings(np.concatenate([q.hashes for q in queries]))
+            every_scale = np.concatenate([q.hashes for q in queries])
+            rows = await catalog.postings(every_scale, postings_budget(every_scale))
             scale, found = await asyncio.to_thread(
                 best_rescaled_matches, queries, rows, max_matches
             )

@@ -7,8 +7,11 @@ Landmarks are stored twice, as acoustid-server does with its fingerprints:
 - the inverted index, in two parts (a log-structured merge, see
   docs/landmarks.md "Store"):
   - `packed_postings`: one row per hash, its postings packed in a `bigint[]`
-    (track_key << 32 | t). A lookup reads one row per query hash instead of
-    one heap tuple per posting, and a posting costs 8 bytes instead of ~40;
+    (track_key << 32 | t) and their number `n`. A lookup reads one row per
+    query hash instead of one heap tuple per posting, and a posting costs 8
+    bytes instead of ~40. The primary key includes `n`, so a lookup can rank
+    a clip's hashes by rarity from the index alone and fetch the rarest
+    within a postings budget;
   - `recent_postings`: one narrow row per (hash, track, time) with a B-tree on
     hash, where new tracks land by binary COPY (cheap appends). The search
     service's compactor moves them into `packed_postings` in hash-range slices.
@@ -69,8 +72,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE landmarks RENAME TO recent_postings;
     ALTER INDEX landmarks_hash_idx RENAME TO recent_postings_hash_idx;
     CREATE TABLE packed_postings (
-        hash    integer PRIMARY KEY,
-        entries bigint[] NOT NULL
+        hash    integer NOT NULL,
+        n       integer NOT NULL,
+        entries bigint[] NOT NULL,
+        PRIMARY KEY (hash) INCLUDE (n)
     ) WITH (fillfactor = 100);
     CREATE VIEW postings AS
         SELECT hash, track_key, t FROM recent_postings
