@@ -426,8 +426,18 @@ class Catalog:
                     cur = await conn.execute(_COMPACT_SLICE, (low, high))
                     counted = await cur.fetchone()
                     moved += int(counted[0]) if counted else 0
-            # Reclaim the moved rows and the packed rows' old versions now, so
-            # the next appends reuse the space instead of growing the files.
+            async with conn.transaction():
+                await _lock_postings(conn)  # no writer can add a row meanwhile
+                cur = await conn.execute(
+                    f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.recent_postings)"  # noqa: S608
+                )
+                left = await cur.fetchone()
+                if left is not None and not left[0]:
+                    # Empty: give back the heap and the B-tree (VACUUM keeps the
+                    # B-tree's pages). Lookups wait for the TRUNCATE's brief lock.
+                    await conn.execute(f"TRUNCATE {SCHEMA}.recent_postings")
+            # Make the moved rows and the packed rows' old versions reusable now, so
+            # the next appends fill them instead of growing the files.
             await conn.execute(f"VACUUM (ANALYZE) {SCHEMA}.recent_postings")
             await conn.execute(f"VACUUM (ANALYZE) {SCHEMA}.packed_postings")
         return moved
