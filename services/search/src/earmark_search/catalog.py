@@ -312,8 +312,8 @@ class Catalog:
         await _lock_postings(conn)
         await self._drop_landmarks(conn, track_key)
         await conn.execute(
-            f"INSERT INTO {SCHEMA}.fingerprints (track_key, hashes, times) VALUES (%s, %s, %s)",  # noqa: S608
-            (track_key, hashes.view("<i4").tolist(), times.view("<i4").tolist()),
+            f"INSERT INTO {SCHEMA}.fingerprints (track_key, hashes) VALUES (%s, %s)",  # noqa: S608
+            (track_key, np.unique(hashes.view("<i4")).tolist()),
         )
         if len(hashes):
             async with conn.cursor().copy(
@@ -326,7 +326,7 @@ class Catalog:
         # Reach the rows through the track's own hash list, so no index on
         # track_key is needed.
         track_hashes = (
-            f"(SELECT DISTINCT unnest(hashes) AS hash FROM {SCHEMA}.fingerprints "  # noqa: S608
+            f"(SELECT unnest(hashes) AS hash FROM {SCHEMA}.fingerprints "  # noqa: S608
             "WHERE track_key = %(key)s) f"
         )
         params = {"key": track_key}

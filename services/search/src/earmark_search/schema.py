@@ -1,9 +1,10 @@
 """Catalog schema, applied in order by earmark_runtime.db.migrate.
 
 Landmarks are stored twice, as acoustid-server does with its fingerprints:
-- `fingerprints`: one row per track with its hashes and times as integer
-  arrays (compact, TOASTed and compressed) — the exact data, used to delete or
-  re-index a track without scanning the index;
+- `fingerprints`: one row per track with its distinct hashes, sorted, as an
+  integer array (TOASTed): where the track's postings are, used to delete or
+  re-index a track without scanning the index (its times are not kept: the
+  postings hold them, and a re-index fingerprints the kept source again);
 - the inverted index, in two parts (a log-structured merge, see
   docs/landmarks.md "Store"):
   - `packed_postings`: one row per hash, its postings packed in a `bigint[]`
@@ -82,5 +83,9 @@ MIGRATIONS: tuple[str, ...] = (
         UNION ALL
         SELECT p.hash, (e >> 32)::integer, (e & 4294967295)::integer
         FROM packed_postings p, unnest(p.entries) AS e;
+    """,
+    """
+    ALTER TABLE fingerprints DROP COLUMN times;
+    UPDATE fingerprints SET hashes = ARRAY(SELECT DISTINCT h FROM unnest(hashes) AS h ORDER BY h);
     """,
 )
