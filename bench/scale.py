@@ -58,7 +58,7 @@ from earmark_fingerprint.landmarks import (
     extract_query_landmarks,
 )
 from earmark_runtime.db import migrate, open_pool
-from earmark_search.catalog import Catalog, TrackRow
+from earmark_search.catalog import Catalog, Postings, TrackRow
 from earmark_search.identify import POSTINGS_PER_QUERY_HASH, identify
 from earmark_search.schema import MIGRATIONS, SCHEMA
 from earmark_stack.processes import ensure_database, free_port, start_postgres, stop_postgres
@@ -272,18 +272,21 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 class WithBudget:
-    """The catalog as identify() sees it, with another postings budget per query hash."""
+    """The catalog as identify() sees it, with another postings budget per query hash
+    (None: no budget, every posting is read at once)."""
 
     def __init__(self, catalog: Catalog, per_hash: int | None) -> None:
         self._catalog = catalog
         self._per_hash = per_hash
 
-    async def postings(
-        self, hashes: np.ndarray, max_postings: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        budget = None if self._per_hash is None else self._per_hash * np.unique(hashes).size
-        found: tuple[np.ndarray, np.ndarray, np.ndarray] = await self._catalog.postings(
-            hashes, budget
+    async def postings(self, hashes: np.ndarray) -> Postings:
+        return await self._catalog.postings(hashes)
+
+    async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
+        if self._per_hash is None:
+            return await self._catalog.postings(hashes), 0
+        found: tuple[Postings, int] = await self._catalog.rarest_postings(
+            hashes, self._per_hash * int(np.unique(hashes).size)
         )
         return found
 

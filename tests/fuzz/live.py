@@ -67,11 +67,14 @@ class NoSubmissions:
 class NoTracks:
     """The catalog, holding no track."""
 
-    async def postings(
-        self, hashes: np.ndarray, max_postings: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    async def postings(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         empty = np.empty(0, dtype=np.int64)
         return np.empty(0, dtype="<u4"), empty, empty
+
+    async def rarest_postings(
+        self, hashes: np.ndarray, max_postings: int
+    ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+        return await self.postings(hashes), 0
 
     async def tracks_by_key(self, keys: list[int]) -> dict[int, Any]:
         return {}

@@ -159,9 +159,12 @@ async def test_a_postings_budget_reads_the_rarest_packed_hashes_that_fit(
         order = np.lexsort((found, counts))  # rarest first, ties by hash as in SQL
         fits = found[order][np.cumsum(counts[order]) <= budget]
 
-        hashes, _, _ = await catalog.postings(asked, max_postings=budget)
+        (hashes, _, _), left_out = await catalog.rarest_postings(asked, budget)
         assert sorted(set(hashes.tolist())) == sorted(fits.tolist())
         assert 0 < hashes.size <= budget
+        assert left_out == found.size - fits.size > 0
+        _, nothing_left = await catalog.rarest_postings(asked, int(counts.sum()))
+        assert nothing_left == 0
         # The most common hash is the first to go.
         assert found[np.argmax(counts)] not in set(hashes.tolist())
     finally:

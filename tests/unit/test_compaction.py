@@ -70,10 +70,13 @@ async def test_the_compactor_keeps_checking_while_writes_continue() -> None:
     assert await compactor.run_once() == 5000  # still checked, and now due
 
 
-def _copy_rows(rows: list[tuple[int, np.ndarray]]) -> bytes:
+def _copy_rows(rows: list[tuple[int, np.ndarray | None]]) -> bytes:
     """PostgreSQL binary COPY of (integer, bigint[]) rows, per its documented format."""
     out = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
     for hash_value, entries in rows:
+        if entries is None:  # NULL
+            out.append(struct.pack(">hiii", 2, 4, hash_value, -1))
+            continue
         if entries.size:
             array = struct.pack(">iiiii", 1, 0, 20, entries.size, 1) + b"".join(
                 struct.pack(">iq", 8, int(e)) for e in entries
@@ -88,17 +91,18 @@ def _copy_rows(rows: list[tuple[int, np.ndarray]]) -> bytes:
 def test_packed_rows_decode_to_one_posting_per_entry() -> None:
     first = pack_entries(np.array([3, 3, 9]), np.array([0, 70_000, 2**31 - 1]))
     second = pack_entries(np.array([1]), np.array([12]))
-    hashes, tracks, times = decode_packed_postings(
-        _copy_rows([(-5, first), (7, np.empty(0, np.int64)), (2**23 - 1, second)])
+    (hashes, tracks, times), left_out = decode_packed_postings(
+        _copy_rows([(-5, first), (7, np.empty(0, np.int64)), (9, None), (2**23 - 1, second)])
     )
+    assert left_out == 1
     assert hashes.tolist() == [2**32 - 5] * 3 + [2**23 - 1]  # unsigned, bit for bit
     assert tracks.tolist() == [3, 3, 9, 1]
     assert times.tolist() == [0, 70_000, 2**31 - 1, 12]
 
 
 def test_no_rows_decode_to_no_postings() -> None:
-    hashes, tracks, times = decode_packed_postings(_copy_rows([]))
-    assert hashes.size == tracks.size == times.size == 0
+    (hashes, tracks, times), left_out = decode_packed_postings(_copy_rows([]))
+    assert hashes.size == tracks.size == times.size == left_out == 0
 
 
 @pytest.mark.parametrize("track_key", [1, 2**31 - 1])

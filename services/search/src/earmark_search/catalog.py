@@ -57,8 +57,10 @@ _ENTRY_TRACK_SHIFT = 32
 _ENTRY_TIME_MASK = 0xFFFFFFFF
 # A binary int8[] array element: its length (always 8), then the value.
 _ARRAY_ELEMENT = np.dtype([("length", ">i4"), ("value", ">i8")])
-_ROW_HEAD = struct.Struct(">hiiiiii")  # fields, len, hash, len, ndim, has_null, oid
-_DIM = struct.Struct(">ii")  # elements, lower bound
+_ROW_START = struct.Struct(">hiii")  # fields, hash length, hash, array length (-1: NULL)
+_INT = struct.Struct(">i")
+
+Postings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def pack_entries(track_keys: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -67,38 +69,46 @@ def pack_entries(track_keys: np.ndarray, times: np.ndarray) -> np.ndarray:
     )
 
 
-def decode_packed_postings(data: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode_packed_postings(data: bytes) -> tuple[Postings, int]:
     """Parse binary COPY rows of (hash integer, entries bigint[]) into postings.
 
-    The row loop runs once per hash (a clip has ~1-2 thousand); the entries of
-    a row are one numpy view each.
+    Returns the postings and how many rows came without entries (NULL: a hash
+    left out by a postings budget). The row loop runs once per hash (a clip
+    has ~1-2 thousand); the entries of a row are one numpy view each.
     """
     end = len(data) - len(_COPY_TRAILER)
     pos = len(_COPY_HEADER)
     row_hashes: list[int] = []
     parts: list[np.ndarray] = []
+    skipped = 0
     while pos < end:
-        _fields, _, hash_value, array_len, ndim, _, _ = _ROW_HEAD.unpack_from(data, pos)
-        array_at = pos + 10
-        pos = array_at + 4 + array_len
-        if ndim == 0:  # an empty array: a row that deletes emptied
+        _fields, _, hash_value, array_len = _ROW_START.unpack_from(data, pos)
+        array_at = pos + _ROW_START.size
+        if array_len < 0:
+            skipped += 1
+            pos = array_at
             continue
-        count, _ = _DIM.unpack_from(data, array_at + 16)
+        pos = array_at + array_len
+        (ndim,) = _INT.unpack_from(data, array_at)
+        if ndim == 0:  # an empty array
+            continue
+        (count,) = _INT.unpack_from(data, array_at + 12)
         row_hashes.append(hash_value)
         parts.append(
-            np.frombuffer(data, dtype=_ARRAY_ELEMENT, count=count, offset=array_at + 24)["value"]
+            np.frombuffer(data, dtype=_ARRAY_ELEMENT, count=count, offset=array_at + 20)["value"]
         )
     if not parts:
         empty = np.empty(0, dtype=np.int64)
-        return np.empty(0, dtype="<u4"), empty, empty
+        return (np.empty(0, dtype="<u4"), empty, empty), skipped
     entries = np.concatenate(parts).astype(np.int64)
     counts = np.fromiter((p.size for p in parts), dtype=np.int64, count=len(parts))
     hashes = np.repeat(np.array(row_hashes, dtype=np.int64), counts)
-    return (
+    postings = (
         hashes.astype("<i4").view("<u4"),
         entries >> _ENTRY_TRACK_SHIFT,
         entries & _ENTRY_TIME_MASK,
     )
+    return postings, skipped
 
 
 @dataclass(frozen=True)
@@ -155,15 +165,16 @@ _PACKED_ROWS = f"""
     SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
 """  # noqa: S608
 # The rarest hashes first, while their postings fit the budget; the ranking
-# reads (hash, n) from the primary key alone (an index-only scan).
+# reads (hash, n) from the primary key alone (an index-only scan). A hash left
+# out comes back with NULL entries, so the caller knows that there is more.
 _RAREST_PACKED_ROWS = f"""
-    SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash IN (
-        SELECT hash FROM (
-            SELECT hash, sum(n) OVER (ORDER BY n, hash) AS running
-            FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
-        ) ranked
-        WHERE running <= %(budget)s
-    )
+    SELECT ranked.hash, p.entries
+    FROM (
+        SELECT hash, sum(n) OVER (ORDER BY n, hash) AS running
+        FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
+    ) ranked
+    LEFT JOIN {SCHEMA}.packed_postings p
+        ON p.hash = ranked.hash AND ranked.running <= %(budget)s
 """  # noqa: S608
 # Moves one hash range of recent_postings into packed_postings, appending to
 # existing rows; returns how many postings moved.
@@ -348,26 +359,34 @@ class Catalog:
         )
         await conn.execute(f"DELETE FROM {SCHEMA}.fingerprints WHERE track_key = %s", (track_key,))  # noqa: S608
 
-    async def postings(
-        self, hashes: np.ndarray, max_postings: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    async def postings(self, hashes: np.ndarray) -> Postings:
         """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip.
-
-        `max_postings`: read the packed rows of the rarest hashes only, as many
-        as fit in this many postings (the most common hashes say the least
-        about which track it is, and cost the most to read and vote on). The
-        recent part, small by design, is always read whole.
 
         One statement reads both parts of the index, so it sees one snapshot:
         a compaction moving postings between them is seen before or after,
         never halfway.
         """
+        postings, _ = await self._lookup(hashes, _PACKED_ROWS, None)
+        return postings
+
+    async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
+        """Like `postings`, but of the packed rows only the rarest hashes whose
+        postings fit in `max_postings`; also how many hashes were left out.
+
+        The most common hashes say the least about which track it is, and cost
+        the most to read and vote on. The recent part, small by design, is
+        always read whole.
+        """
+        return await self._lookup(hashes, _RAREST_PACKED_ROWS, max_postings)
+
+    async def _lookup(
+        self, hashes: np.ndarray, packed: str, budget: int | None
+    ) -> tuple[Postings, int]:
         unique = np.unique(hashes.astype("<u4")).view("<i4")
         if unique.size == 0:
             empty = np.empty(0, dtype=np.int64)
-            return np.empty(0, dtype="<u4"), empty, empty
+            return (np.empty(0, dtype="<u4"), empty, empty), 0
         literal = "{" + ",".join(map(str, unique.tolist())) + "}"
-        packed = _PACKED_ROWS if max_postings is None else _RAREST_PACKED_ROWS
         chunks: list[bytes] = []
         async with (
             self._pool.connection() as conn,
@@ -381,7 +400,7 @@ class Catalog:
                     {packed}
                 ) TO STDOUT (FORMAT BINARY)
                 """,  # noqa: S608
-                {"hashes": literal, "budget": max_postings},
+                {"hashes": literal, "budget": budget},
             ) as copy,
         ):
             async for chunk in copy:

@@ -26,10 +26,12 @@ RESCUE_MIN_ALIGNED: Final = 15
 RESCUE_MIN_RATIO: Final = 2.5
 # Clips with fewer landmarks than this cannot reach RESCUE_MIN_ALIGNED anyway.
 RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
-# Postings read per distinct query hash, on average, at most: beyond it only the
-# rarest hashes are read (Catalog.postings). It keeps a lookup's cost flat as the
-# catalog grows; small catalogs never reach it (docs/landmarks.md, "Store").
-POSTINGS_PER_QUERY_HASH: Final = 64
+# Postings read per distinct query hash, on average, at most, at first: only the
+# rarest hashes are read (Catalog.rarest_postings). It keeps a lookup's cost flat
+# as the catalog grows (bench/scale.py); small catalogs hardly reach it. A clip
+# that matches nothing within it is looked up again in full (a noisy clip's
+# surviving hashes may be common ones).
+POSTINGS_PER_QUERY_HASH: Final = 32
 
 
 def postings_budget(hashes: np.ndarray) -> int:
@@ -138,12 +140,22 @@ async def identify(
     ranked: list[MatchCandidate] = []
     if use_landmarks and hashes.size:
         started = time.perf_counter()
-        postings = await catalog.postings(hashes, postings_budget(hashes))
+        postings, left_out = await catalog.rarest_postings(hashes, postings_budget(hashes))
         looked_up = time.perf_counter()
         ranked = await asyncio.to_thread(_confident_matches, hashes, times, postings, max_matches)
         response.timings.lookup_ms = (looked_up - started) * 1000
         response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
         response.postings = len(postings[0])
+        if not ranked and left_out:
+            started = time.perf_counter()
+            postings = await catalog.postings(hashes)
+            looked_up = time.perf_counter()
+            ranked = await asyncio.to_thread(
+                _confident_matches, hashes, times, postings, max_matches
+            )
+            response.timings.lookup_ms += (looked_up - started) * 1000
+            response.timings.match_ms += (time.perf_counter() - looked_up) * 1000
+            response.postings += len(postings[0])
 
     rescue = bool(use_landmarks and not ranked and rescaled and hashes.size >= RESCUE_MIN_LANDMARKS)
     search_vectors = (
@@ -164,7 +176,7 @@ async def identify(
         scale = 1.0
         if queries:
             every_scale = np.concatenate([q.hashes for q in queries])
-            rows = await catalog.postings(every_scale, postings_budget(every_scale))
+            rows, _ = await catalog.rarest_postings(every_scale, postings_budget(every_scale))
             scale, found = await asyncio.to_thread(
                 best_rescaled_matches, queries, rows, max_matches
             )
