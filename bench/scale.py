@@ -93,6 +93,12 @@ class Query:
     extract_ms: float
 
 
+# Every HOLD_OUT_EVERY-th corpus track stays out of the catalog (and out of the
+# distractors): its clips are the out-of-catalog queries.
+HOLD_OUT_EVERY = 7
+NEGATIVE = "out-of-catalog"
+
+
 def fingerprint_corpus(
     corpus: Path, conditions: Sequence[str], per_condition: int, seed: int
 ) -> tuple[list[BaseTrack], list[Query]]:
@@ -107,17 +113,22 @@ def fingerprint_corpus(
     clip = int(CLIP_S * SAMPLE_RATE_HZ)
     for i, track in enumerate(tracks):
         audio = decode_audio(track.path, sr=SAMPLE_RATE_HZ)
-        lm = extract_landmarks(audio)
-        base.append(BaseTrack(track.path.name, len(audio) / SAMPLE_RATE_HZ, lm.hashes, lm.times))
-        if i not in chosen or len(audio) <= clip:
+        held_out = i % HOLD_OUT_EVERY == HOLD_OUT_EVERY // 2
+        if not held_out:
+            lm = extract_landmarks(audio)
+            base.append(
+                BaseTrack(track.path.name, len(audio) / SAMPLE_RATE_HZ, lm.hashes, lm.times)
+            )
+        if (i not in chosen and not held_out) or len(audio) <= clip:
             continue
         start = int(rng.integers(0, len(audio) - clip))
-        for cond in conds:
+        for cond in conds[:1] if held_out else conds:
             degraded = cond.apply(audio[start : start + clip], SAMPLE_RATE_HZ, rng, clip, 0)
             started = time.perf_counter()
             query = extract_query_landmarks(degraded)
             extract_ms = (time.perf_counter() - started) * 1000
-            queries.append(Query(i, cond.name, to_proto(query), extract_ms))
+            name = NEGATIVE if held_out else cond.name
+            queries.append(Query(len(base) - 1, name, to_proto(query), extract_ms))
         log(f"  fingerprinted {i + 1}/{len(tracks)} tracks")
     return base, queries
 
@@ -309,15 +320,17 @@ async def _one_pass(view: Catalog, queries: Sequence[Query], names: dict[int, st
         started = time.perf_counter()
         response = await identify(view, q.landmarks, 5, method=search_pb2.IDENTIFY_METHOD_LANDMARKS)
         total = (time.perf_counter() - started) * 1000
+        prefix = "neg_" if q.condition == NEGATIVE else ""
         for key, value in (
             ("search_ms", total),
             ("lookup_ms", response.timings.lookup_ms),
             ("vote_ms", response.timings.match_ms),
             ("postings", float(response.postings)),
         ):
-            result.ms.setdefault(key, []).append(value)
+            result.ms.setdefault(prefix + key, []).append(value)
         top = response.matches[0].track.external_id if response.matches else None
-        result.hits.setdefault(q.condition, []).append(top == names[q.track])
+        right = top is None if q.condition == NEGATIVE else top == names[q.track]
+        result.hits.setdefault(q.condition, []).append(right)
     return result
 
 
@@ -418,6 +431,7 @@ def render(
     rows = []
     for r in results:
         for budget, p in r.passes.items():
+            neg = p.ms.get("neg_search_ms", [])
             rows.append(
                 [
                     f"{r.hours:.0f}",
@@ -431,6 +445,8 @@ def render(
                     f"{_pct(p.ms['vote_ms'], 50):.1f} / {_pct(p.ms['vote_ms'], 99):.1f}",
                     f"{_pct(p.ms['search_ms'], 50):.1f} / {_pct(p.ms['search_ms'], 99):.1f}",
                     *[f"{100 * statistics.fmean(p.hits[c]):.1f}" for c in conditions],
+                    f"{100 * (1 - statistics.fmean(p.hits[NEGATIVE])):.1f}",
+                    f"{_pct(neg, 50):.1f} / {_pct(neg, 99):.1f}",
                 ]
             )
     head = [
@@ -443,13 +459,18 @@ def render(
         "vote ms p50/p99",
         "search side ms p50/p99",
         *[f"top-1 % {c}" for c in conditions],
+        "out-of-catalog: false match %",
+        "out-of-catalog: search ms p50/p99",
     ]
-    n_clips = len(extract_ms) // max(len(conditions), 1)
+    first = next(iter(results[0].passes.values())) if results else Pass()
+    n_clips = len(first.hits.get(conditions[0], []))
+    n_negatives = len(first.hits.get(NEGATIVE, []))
     lines = [
         f"command: python -m bench.scale --hours {','.join(f'{h:g}' for h in args.hours)} "
         f"--per-condition {args.per_condition} "
         f"--budgets {','.join(_label(b) for b in args.budgets)}",
-        f"queries: {n_clips} clips of {CLIP_S:g} s x {len(conditions)} conditions; extraction "
+        f"queries: {n_clips} clips of {CLIP_S:g} s x {len(conditions)} conditions, and "
+        f"{n_negatives} clean clips of held-out corpus tracks; extraction "
         f"(fingerprint service side, independent of the catalog) p50 "
         f"{_pct(extract_ms, 50):.1f} ms, p99 {_pct(extract_ms, 99):.1f} ms",
         f"the service's budget: {POSTINGS_PER_QUERY_HASH} postings per distinct query hash "
