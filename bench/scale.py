@@ -357,6 +357,7 @@ async def run(args: argparse.Namespace) -> int:
     home.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before any work
     port = free_port()
     pgdata = home / "pgdata"
+    stop_postgres(pgdata)  # one left by an interrupted run
     start_postgres(pgdata, port, home / "postgres.log")
     results: list[SizeResult] = []
     try:

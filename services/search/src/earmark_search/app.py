@@ -25,10 +25,10 @@ from earmark_runtime.service import ServiceContext, dial, start_context
 from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chunks
 from earmark_runtime.telemetry import client_interceptors
 
-from .catalog import Catalog
+from .catalog import Catalog, Postings
 from .compaction import CompactionPolicy, Compactor
 from .duplicates import find_duplicate
-from .identify import NeuralQuery, ScaledQuery, identify, scan_recording
+from .identify import NeuralQuery, ScaledQuery, identify, postings_budget, scan_recording
 from .live import monitor_events
 from .live_landmarks import SAMPLE_RATE_HZ
 from .schema import MIGRATIONS, SCHEMA
@@ -375,7 +375,7 @@ class Indexer:
             np.frombuffer(lm.hashes, dtype="<u4"),
             np.frombuffer(lm.times, dtype="<u4"),
             lm.frame_rate_hz,
-            self._catalog.postings,
+            self._rarest_postings,
             ignore_track_key=own.track_key if own else None,
         )
         if found is None:
@@ -383,6 +383,12 @@ class Indexer:
         tracks = await self._catalog.tracks_by_key([found.track_key])
         track = tracks.get(found.track_key)
         return (track.track_id, found.coverage) if track else None
+
+    async def _rarest_postings(self, hashes: np.ndarray) -> Postings:
+        # A copy of a recording shares its rare hashes too; reading only those
+        # keeps the check's cost flat as the catalog grows.
+        postings, _ = await self._catalog.rarest_postings(hashes, postings_budget(hashes))
+        return postings
 
     async def _reject_duplicate(
         self, event: events_pb2.FingerprintExtracted, track_id: str, coverage: float
