@@ -34,6 +34,20 @@ def test_each_method_alone_answers_when_the_other_is_silent() -> None:
     assert fuse([], [], 1) == []
 
 
+def test_a_weak_landmark_match_needs_the_neural_side_once_it_was_asked() -> None:
+    # Asked and silent, or naming another track: a weak landmark match is dropped.
+    assert fuse([lm(1, 5.0, 0.6)], [], 3, neural_ran=True) == []
+    assert [
+        m.track_key for m in fuse([lm(1, 5.0, 0.6)], [nn(2, 7.0, 0.5)], 3, neural_ran=True)
+    ] == [2]
+    # Confirmed, or strong enough on its own, it stands.
+    (confirmed,) = fuse([lm(1, 5.0, 0.6)], [nn(1, 5.2, 0.5)], 3, neural_ran=True)
+    assert confirmed.methods == (LANDMARKS, NEURAL)
+    assert fuse([lm(1, 5.0, 0.7)], [], 3, neural_ran=True)[0].track_key == 1
+    # Without a neural search (landmarks only, or no vector store) nothing is dropped.
+    assert fuse([lm(1, 5.0, 0.6)], [], 3)[0].track_key == 1
+
+
 def test_disagreement_ranks_by_confidence() -> None:
     fused = fuse([lm(1, 5.0, 0.55)], [nn(2, 7.0, 0.9)], max_matches=2)
     assert [m.track_key for m in fused] == [2, 1]

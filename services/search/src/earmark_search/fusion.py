@@ -22,6 +22,12 @@ from .vector_matching import VectorMatch
 AGREEMENT_S: Final = 1.0
 # A landmark match this confident is not worth a neural search (AUTO mode).
 CERTAIN: Final = 0.95
+# A landmark match below this confidence stands only if the neural search, when
+# it ran, confirms it. On the corpus benchmark every landmark false positive
+# (look-alike tracks of one game, 22 of 1190 out-of-catalog clips) was below
+# it, while the neural side confirms most true matches there (docs/neural.md,
+# "Fusion").
+UNCONFIRMED_MIN: Final = 0.7
 
 LANDMARKS: Final = "landmarks"
 NEURAL: Final = "neural"
@@ -60,9 +66,17 @@ def from_neural(matches: Sequence[VectorMatch]) -> list[FusedMatch]:
 
 
 def fuse(
-    landmark: Sequence[FusedMatch], neural: Sequence[FusedMatch], max_matches: int
+    landmark: Sequence[FusedMatch],
+    neural: Sequence[FusedMatch],
+    max_matches: int,
+    *,
+    neural_ran: bool = False,
 ) -> list[FusedMatch]:
-    """One ranked list from both methods' matches, agreements merged."""
+    """One ranked list from both methods' matches, agreements merged.
+
+    `neural_ran`: the neural search was asked (its silence is then evidence),
+    so a weak landmark match it does not confirm is dropped.
+    """
     merged: list[FusedMatch] = []
     unused = list(neural)
     for lm in landmark:
@@ -75,7 +89,8 @@ def fuse(
             None,
         )
         if twin is None:
-            merged.append(lm)
+            if not (neural_ran and lm.confidence < UNCONFIRMED_MIN):
+                merged.append(lm)
             continue
         unused.remove(twin)
         merged.append(

@@ -195,7 +195,7 @@ async def identify(
         return fusion.from_neural(found)
 
     landmark_found, neural_found = await asyncio.gather(run_rescue(), run_neural())
-    fused = fusion.fuse(landmark_found, neural_found, max_matches)
+    fused = fusion.fuse(landmark_found, neural_found, max_matches, neural_ran=search_vectors)
     if not fused:
         return response
     tracks = await catalog.tracks_by_key([m.track_key for m in fused])
