@@ -4,6 +4,7 @@ the compaction that moves postings from one to the other without losing any."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -167,6 +168,33 @@ async def test_a_postings_budget_reads_the_rarest_packed_hashes_that_fit(
         assert nothing_left == 0
         # The most common hash is the first to go.
         assert found[np.argmax(counts)] not in set(hashes.tolist())
+    finally:
+        for track_id in ids:
+            await catalog.delete_track(track_id)
+
+
+async def test_an_interrupted_compaction_loses_nothing_and_the_next_one_finishes(
+    stack: StackInfo, catalog: Catalog
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    every_hash = np.arange(HASH_BASE, HASH_BASE + 400)
+    try:
+        for seed, track_id in enumerate(ids, 4600):
+            await catalog.index_track(_event(track_id, *_fingerprint(seed)))
+        before = _as_set(await catalog.postings(every_hash))
+        compaction = asyncio.create_task(catalog.compact(slices=256))
+        await asyncio.sleep(0.05)  # some slices done, most not
+        compaction.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await compaction
+        assert _as_set(await catalog.postings(every_hash)) == before
+        await catalog.compact()
+        with psycopg.connect(stack.database_url) as conn:
+            recent = conn.execute(
+                "SELECT count(*) FROM catalog.recent_postings WHERE hash >= %s", (HASH_BASE,)
+            ).fetchone()
+        assert recent is not None and recent[0] == 0
+        assert _as_set(await catalog.postings(every_hash)) == before
     finally:
         for track_id in ids:
             await catalog.delete_track(track_id)
