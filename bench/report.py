@@ -18,16 +18,29 @@ Scoring rules
 * **False positive**: a held-out (out-of-catalog) query that returned any
   match. A positive query answered with the wrong track is counted apart as
   "wrong track".
+
+Methods
+-------
+`bench.run` can identify every query once per identify method (landmarks,
+neural, fused, auto); each record carries its ``method``. The scoring above
+applies to each method's records on their own (`by_method`), and the issue-4
+targets compare methods cell by cell on the same queries (`method_target_rows`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OFFSET_TOL_S = 0.5
+
+# Identify methods by the SDK's names (earmark.results.IDENTIFY_METHODS).
+LANDMARKS = "landmarks"
+NEURAL = "neural"
+FUSED = "fused"
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -54,13 +67,21 @@ class QueryRecord:
     server_ms: float | None = None
     # An RPC error instead of an answer (counted as "no match").
     error: str | None = None
+    # Identify method asked for. Records written before the field existed came
+    # from the SDK's default, auto.
+    method: str = AUTO
+    # Which identifiers found the top match (Match.methods): landmarks, neural or both.
+    match_methods: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> QueryRecord:
-        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
+        fields = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
+        if "match_methods" in fields:  # a JSON list
+            fields["match_methods"] = tuple(fields["match_methods"] or ())
+        return cls(**fields)
 
     @classmethod
     def answered(cls, query: Any, **answer: Any) -> QueryRecord:
@@ -330,6 +351,188 @@ def latency_table(records: Sequence[QueryRecord], *, server: bool = False) -> st
     return markdown_table(headers, rows)
 
 
+# ---------------------------------------------------------------------- methods
+
+
+# Order of the methods in tables: the two identifiers, their fusion, then auto;
+# any other name after these, alphabetically.
+METHOD_ORDER = (LANDMARKS, NEURAL, FUSED, AUTO)
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def by_method(records: Iterable[QueryRecord]) -> dict[str, list[QueryRecord]]:
+    """Records grouped by identify method (in METHOD_ORDER), each group in record order."""
+    out: dict[str, list[QueryRecord]] = {}
+    for rec in records:
+        out.setdefault(rec.method, []).append(rec)
+    return {m: out[m] for m in sorted(out, key=_method_rank)}
+
+
+def summarize_methods(records: Iterable[QueryRecord]) -> dict[str, Summary]:
+    return {method: summarize(recs) for method, recs in by_method(records).items()}
+
+
+# Column tags of the per-method tables; the report prints the legend.
+METHOD_TAGS = {LANDMARKS: "L", NEURAL: "N", FUSED: "F", AUTO: "A"}
+
+
+def method_tag(method: str) -> str:
+    return METHOD_TAGS.get(method, method)
+
+
+def method_legend(methods: Iterable[str]) -> str:
+    return ", ".join(f"{method_tag(m)} = {m}" for m in methods)
+
+
+def _union_axes(summaries: Mapping[str, Summary]) -> tuple[list[str], list[float]]:
+    conditions: list[str] = []
+    lengths: set[float] = set()
+    for summary in summaries.values():
+        conditions += [c for c in summary.conditions if c not in conditions]
+        lengths.update(summary.lengths)
+    return conditions, sorted(lengths)
+
+
+def method_rate_table(summaries: Mapping[str, Summary], metric: Callable[[Cell], float]) -> str:
+    """Condition x length grid with one column per method in every length, in percent."""
+    conditions, lengths = _union_axes(summaries)
+    methods = list(summaries)
+    headers = ["condition"]
+    headers += [f"{_length_header(x)} {method_tag(m)}" for x in lengths for m in methods]
+    headers += [f"all {method_tag(m)}" for m in methods]
+
+    def rate(m: str, cells: Iterable[Cell]) -> str:
+        pooled = _pool(cells)
+        return pct(metric(pooled)) if pooled.n else "-"
+
+    rows: list[list[object]] = []
+    for c in conditions:
+        if not any((c, x) in s.positives for s in summaries.values() for x in lengths):
+            continue
+        row: list[object] = [c]
+        for x in lengths:
+            row += [rate(m, [summaries[m].pos([c], x)]) for m in methods]
+        row += [rate(m, [_condition_cell(summaries[m], c)]) for m in methods]
+        rows.append(row)
+    allrow: list[object] = ["all conditions"]
+    for x in lengths:
+        allrow += [
+            rate(m, (v for (_, ln), v in summaries[m].positives.items() if ln == x))
+            for m in methods
+        ]
+    allrow += [rate(m, summaries[m].positives.values()) for m in methods]
+    rows.append(allrow)
+    return markdown_table(headers, rows)
+
+
+def method_hit_table(summaries: Mapping[str, Summary]) -> str:
+    return method_rate_table(summaries, lambda c: c.hit_rate)
+
+
+def method_offset_table(summaries: Mapping[str, Summary]) -> str:
+    return method_rate_table(summaries, lambda c: c.offset_rate)
+
+
+def _condition_cell(summary: Summary, condition: str) -> Cell:
+    """Positives of one condition, every length pooled."""
+    return _pool(v for (c, _), v in summary.positives.items() if c == condition)
+
+
+def _share(cell: Cell, count: int) -> str:
+    return pct(count / cell.n) if cell.n else "-"
+
+
+def method_errors_table(summaries: Mapping[str, Summary]) -> str:
+    """Why positives failed, per condition and method: no answer vs a wrong track."""
+    conditions, _ = _union_axes(summaries)
+    methods = list(summaries)
+    headers = ["condition", "queries"]
+    headers += [f"no match % {method_tag(m)}" for m in methods]
+    headers += [f"wrong track % {method_tag(m)}" for m in methods]
+    rows: list[list[object]] = []
+    for c in conditions:
+        cells = {m: _condition_cell(s, c) for m, s in summaries.items()}
+        n = max(cell.n for cell in cells.values())
+        if not n:
+            continue
+        row: list[object] = [c, n]
+        row += [_share(cell, cell.n - cell.hits - cell.wrong_track) for cell in cells.values()]
+        row += [_share(cell, cell.wrong_track) for cell in cells.values()]
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def method_negatives_table(summaries: Mapping[str, Summary]) -> str:
+    """False positives per condition and method: count (rate %), then the top confidence."""
+    conditions, _ = _union_axes(summaries)
+    methods = list(summaries)
+    headers = ["condition", "queries", *(f"false pos. {method_tag(m)}" for m in methods)]
+
+    def fp(cell: Cell) -> str:
+        return f"{cell.false_positives} ({pct(cell.fp_rate, 2)} %)" if cell.n else "-"
+
+    rows: list[list[object]] = []
+    for c in conditions:
+        cells = [summaries[m].neg_total(c) for m in methods]
+        n = max(cell.n for cell in cells)
+        if n:
+            rows.append([c, n, *(fp(cell) for cell in cells)])
+    totals = [summaries[m].neg_total() for m in methods]
+    rows.append(["all", max((t.n for t in totals), default=0), *(fp(t) for t in totals)])
+    rows.append([
+        "max confidence of a false positive", "",
+        *(f"{max(t.confidences):.2f}" if t.confidences else "-" for t in totals),
+    ])  # fmt: skip
+    return markdown_table(headers, rows)
+
+
+def method_latency_table(
+    records_by_method: Mapping[str, Sequence[QueryRecord]], *, server: bool = False
+) -> str:
+    """p50 / p99 latency per clip length and method (client round trip, or search's own)."""
+
+    def values(recs: Iterable[QueryRecord]) -> list[float]:
+        return [
+            v
+            for r in recs
+            if r.error is None and (v := r.server_ms if server else r.latency_ms) is not None
+        ]
+
+    methods = list(records_by_method)
+    headers = ["clip length"]
+    headers += [f"{q} ms {method_tag(m)}" for m in methods for q in ("p50", "p99")]
+    lengths = sorted({r.length_s for recs in records_by_method.values() for r in recs})
+    rows: list[list[object]] = []
+    for x in [*lengths, None]:
+        row: list[object] = [_length_header(x) if x is not None else "all"]
+        for m in methods:
+            lat = values(r for r in records_by_method[m] if x is None or r.length_s == x)
+            row += [ms(percentile(lat, 50)), ms(percentile(lat, 99))]
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def provenance_table(records_by_method: Mapping[str, Sequence[QueryRecord]]) -> str:
+    """Which identifiers found the top match (Match.methods), per method and outcome."""
+    found_by = {
+        "landmarks only": (LANDMARKS,), "neural only": (NEURAL,), "both": (LANDMARKS, NEURAL),
+    }  # fmt: skip
+    outcomes: dict[str, Callable[[QueryRecord], bool]] = {
+        "hit": is_hit, "wrong track": is_wrong_track, "false positive": is_false_positive,
+    }  # fmt: skip
+    rows: list[list[object]] = []
+    for m, recs in records_by_method.items():
+        for label, outcome in outcomes.items():
+            answered = [r for r in recs if outcome(r)]
+            found = [tuple(sorted(r.match_methods)) for r in answered]
+            counts = [found.count(key) for key in found_by.values()]
+            rows.append([m, label, len(answered), *counts, len(answered) - sum(counts)])
+    return markdown_table(["method", "answer", "answers", *found_by, "not reported"], rows, left=2)
+
+
 # ---------------------------------------------------------------------- targets
 
 
@@ -451,3 +654,131 @@ def targets_table(rows: Sequence[TargetRow]) -> str:
         [(r.target, r.goal, r.measured, verdict(r.met)) for r in rows],
         left=4,
     )
+
+
+# ------------------------------------------------------------- issue-4 targets
+
+# Conditions that are not degraded; every other condition counts as degraded.
+UNDEGRADED = frozenset({"clean"})
+NEURAL_BEATS_LENGTHS: tuple[float, ...] = (1.0, 2.0)
+FUSED_MARGIN_POINTS = 5.0
+FUSED_MARGIN_LENGTHS: tuple[float, ...] = (1.0, 2.0, 3.0)
+# (label, condition): where fusion must add FUSED_MARGIN_POINTS to landmarks alone.
+FUSED_MARGIN_CONDITIONS: tuple[tuple[str, str], ...] = (
+    ("room", "room"),
+    ("noise 0 dB, pink", "pink_0db"),
+    ("noise 0 dB, babble", "babble_0db"),
+)
+# Failures listed by name in a target row; the rest are counted.
+LISTED_FAILURES = 6
+
+
+def issue3_method(methods: Sequence[str]) -> str | None:
+    """The method the issue-3 targets are checked on: landmarks (what the default
+    identify ran when those targets were set), else auto, else the first one run."""
+    for preferred in (LANDMARKS, AUTO):
+        if preferred in methods:
+            return preferred
+    return methods[0] if methods else None
+
+
+def _failures(items: Sequence[str]) -> str:
+    if not items:
+        return ""
+    shown = "; ".join(items[:LISTED_FAILURES])
+    more = len(items) - LISTED_FAILURES
+    return f"; short: {shown}" + (f"; and {more} more" if more > 0 else "")
+
+
+def _same_cells(
+    summaries: Mapping[str, Summary], methods: Sequence[str]
+) -> list[tuple[str, float]]:
+    """Condition x length cells with positives for every one of `methods`, in table order
+    (none when a method was not run)."""
+    if any(m not in summaries for m in methods):
+        return []
+    conditions, lengths = _union_axes({m: summaries[m] for m in methods})
+    return [
+        (c, x)
+        for c in conditions
+        for x in lengths
+        if all(summaries[m].positives.get((c, x), Cell()).n for m in methods)
+    ]
+
+
+def _rate(summary: Summary, condition: str, length: float) -> float:
+    return 100 * summary.pos([condition], length).hit_rate
+
+
+def _neural_beats_landmarks(summaries: Mapping[str, Summary], length: float) -> TargetRow:
+    label = f"neural beats landmarks, every degraded condition, {length:g} s"
+    goal = "neural top-1 > landmarks (tie at 100 % counts)"
+    both = _same_cells(summaries, (LANDMARKS, NEURAL))
+    cells = [c for c, x in both if x == length and c not in UNDEGRADED]
+    if not cells:
+        return TargetRow(label, goal, "not measured", None)
+    short = []
+    for c in cells:
+        lm, nn = _rate(summaries[LANDMARKS], c, length), _rate(summaries[NEURAL], c, length)
+        if not (nn > lm + 1e-9 or min(lm, nn) >= 100 - 1e-9):
+            short.append(f"{c} {nn:.1f} vs {lm:.1f}")
+    measured = f"{len(cells) - len(short)}/{len(cells)} conditions" + _failures(short)
+    return TargetRow(label, goal, measured, not short)
+
+
+def _fused_at_least_best(summaries: Mapping[str, Summary]) -> TargetRow:
+    label = "fused >= the better of landmarks and neural, every cell"
+    goal = "fused top-1 >= max(L, N)"
+    cells = _same_cells(summaries, (LANDMARKS, NEURAL, FUSED))
+    if not cells:
+        return TargetRow(label, goal, "not measured", None)
+    short = []
+    for c, x in cells:
+        lm, nn = _rate(summaries[LANDMARKS], c, x), _rate(summaries[NEURAL], c, x)
+        fu = _rate(summaries[FUSED], c, x)
+        if fu < max(lm, nn) - 1e-9:
+            best = NEURAL if nn > lm else LANDMARKS
+            short.append(f"{c} {x:g} s {fu:.1f} vs {max(lm, nn):.1f} ({best})")
+    measured = f"{len(cells) - len(short)}/{len(cells)} cells" + _failures(short)
+    return TargetRow(label, goal, measured, not short)
+
+
+def _fused_margin(
+    summaries: Mapping[str, Summary], label: str, condition: str, length: float
+) -> TargetRow:
+    target = f"fused vs landmarks, {label}, {length:g} s"
+    goal = f"fused top-1 >= landmarks + {FUSED_MARGIN_POINTS:g} points"
+    if (condition, length) not in _same_cells(summaries, (LANDMARKS, FUSED)):
+        return TargetRow(target, goal, "not measured", None)
+    lm, fu = (
+        _rate(summaries[LANDMARKS], condition, length),
+        _rate(summaries[FUSED], condition, length),
+    )
+    measured = f"{fu:.1f} % vs {lm:.1f} % ({fu - lm:+.1f})"
+    return TargetRow(target, goal, measured, fu - lm >= FUSED_MARGIN_POINTS - 1e-9)
+
+
+def _fused_false_positives(summaries: Mapping[str, Summary]) -> TargetRow:
+    label = "false positives, out-of-catalog clips, fused"
+    goal = f"<= {FP_GOAL_PCT:g} %"
+    neg = summaries[FUSED].neg_total() if FUSED in summaries else Cell()
+    if not neg.n:
+        return TargetRow(label, goal, "not measured", None)
+    rate = 100 * neg.fp_rate
+    return TargetRow(
+        label, goal, f"{rate:.2f} % ({neg.false_positives}/{neg.n})", rate <= FP_GOAL_PCT + 1e-9
+    )
+
+
+def method_target_rows(summaries: Mapping[str, Summary]) -> list[TargetRow]:
+    """Issue 4's targets, comparing the methods on the same queries; rows whose
+    methods were not run read "not measured"."""
+    rows = [_neural_beats_landmarks(summaries, x) for x in NEURAL_BEATS_LENGTHS]
+    rows.append(_fused_at_least_best(summaries))
+    rows += [
+        _fused_margin(summaries, label, condition, x)
+        for label, condition in FUSED_MARGIN_CONDITIONS
+        for x in FUSED_MARGIN_LENGTHS
+    ]
+    rows.append(_fused_false_positives(summaries))
+    return rows

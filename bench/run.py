@@ -4,29 +4,40 @@ Usage::
 
     python -m bench.run --corpus ~/.cache/earmark/corpus            # what `make bench` runs
     python -m bench.run --limit 10 --lengths 2,5 --conditions clean,pink_5db --no-docs
+    python -m bench.run --methods landmarks --no-docs                # one identify method
 
 Steps:
 
 1. Start a fresh embedded stack (`earmark_stack.up`) under a temporary
-   EARMARK_HOME (or ``--home``). Ingest the catalog side of
+   EARMARK_HOME (or ``--home``), with only what the benchmark measures
+   (`earmark_stack.IDENTIFY_SERVICES`: ingest, fingerprint, search; no features,
+   transcoder or monitor competing for the CPU). Ingest the catalog side of
    `bench.degrade.split_catalog` (80 % of the corpus) through the SDK, with
    parallel uploads, and wait until every track is INDEXED. Measure ingest speed
    end to end, in audio seconds per wall second. Measure the index size with
    ``pg_total_relation_size`` (heap + TOAST + indexes) over every table in the
-   ``catalog`` schema, per hour of catalog audio.
+   ``catalog`` schema, per hour of catalog audio. Then restart search, which
+   makes Milvus Lite seal the neural segments it holds unflushed in memory
+   (`SEARCH_RESTART_WHY`; ``--no-search-restart`` keeps them there).
 2. Build the deterministic query set with `bench.degrade.build_queries`
    (conditions x lengths, plus negatives from the held-out 20 %).
-3. Identify every query through the SDK, one at a time so latencies are not
-   inflated by queueing. Clips go as 16-bit PCM WAV, which the server parses
-   without spawning ffmpeg.
+3. Identify every query through the SDK once per identify method
+   (``--methods``, default landmarks, neural and fused), one call at a time so
+   latencies are not inflated by queueing; the methods take turns query by
+   query, so they see the same load. Clips go as 16-bit PCM WAV, which the
+   server parses without spawning ffmpeg.
 4. Split the server-side latency of the 5 s clips in-process, with the
    services' own code and no change to it: the fingerprint RPC called directly,
    the same extraction run in this process, the catalog lookup
-   (`Catalog.postings`) and the vote (`rank_matches`). Measure reference
+   (`Catalog.postings`) and the vote (`rank_matches`): the landmark path, so the
+   split's client column is the landmarks method's. Measure reference
    extraction speed on one core (CPU time) on catalog audio.
-5. Print the tables (`bench.report`), write the raw records to
-   ``--out``/records.jsonl, and add the tables to docs/benchmarks.md under a
-   heading with the date, the command, the commit and the machine.
+5. Print the tables (`bench.report`): issue 3's targets on the landmarks
+   method, the methods side by side and issue 4's targets. Write the raw records
+   (one per query and method, with the top match's confidence and the
+   identifiers that found it) to ``--out``/records.jsonl, and add the tables to
+   docs/benchmarks.md under a heading with the date, the command, the commit and
+   the machine.
 """
 
 from __future__ import annotations
@@ -71,6 +82,15 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
 RESULTS_MARKER = "<!-- bench.run results: newest first -->"
 SPLIT_LENGTH_S = 5.0
+# Why bench.run restarts search between ingest and identify (--no-search-restart
+# skips it): search never flushes the neural index, and Milvus Lite keeps rows
+# written since the last flush in a memtable that it copies row by row in Python
+# on every search (~0.5-1 s a search at a few hours of catalog). Closing the
+# file seals them into an indexed segment.
+SEARCH_RESTART_WHY = (
+    "Milvus Lite seals the neural segments that ingest left in its memtable "
+    "(search does not flush them itself)"
+)
 
 
 def log(msg: str) -> None:
@@ -166,42 +186,63 @@ def postgres_version(database_url: str) -> str:
 # ---------------------------------------------------------------------- identify
 
 
-def identify_all(
-    em: Any, queries: Sequence[Query], progress_every: int = 500
-) -> list[report.QueryRecord]:
+DEFAULT_METHODS = (report.LANDMARKS, report.NEURAL, report.FUSED)
+
+
+def identify_one(em: Any, query: Query, data: bytes, method: str) -> report.QueryRecord:
+    """One Identify call with `method`; an RPC error becomes a record with no match."""
     import grpc
 
+    try:
+        result = em.identify(data, method=method)
+    except grpc.RpcError as exc:
+        return report.QueryRecord.answered(
+            query, latency_ms=math.nan, error=f"{exc.code().name}: {exc.details()}", method=method
+        )
+    m = result.match
+    return report.QueryRecord.answered(
+        query,
+        predicted_track=m.external_id if m else None,
+        predicted_offset_s=m.offset_s if m else None,
+        confidence=m.confidence if m else None,
+        score=m.score if m else None,
+        latency_ms=result.latency_ms,
+        server_ms=result.server_ms or None,
+        method=method,
+        match_methods=tuple(m.methods) if m else (),
+    )
+
+
+def identify_all(
+    em: Any, queries: Sequence[Query], methods: Sequence[str], progress_every: int = 500
+) -> list[report.QueryRecord]:
+    """Every query once per method; the methods take turns query by query, so a
+    change of load on the machine affects them alike, and who goes first rotates,
+    so no method always finds the query's postings already in PostgreSQL's cache."""
     records: list[report.QueryRecord] = []
     started = time.perf_counter()
     for i, q in enumerate(queries, 1):
         data = wav_bytes(q.audio, q.sr)
-        pred = pred_off = conf = score = err = server_ms = None
-        try:
-            result = em.identify(data)
-            latency = result.latency_ms
-            server_ms = getattr(result, "server_ms", None) or None  # newer SDKs only
-            m = result.match
-            if m is not None:
-                pred, pred_off, conf, score = m.external_id, m.offset_s, m.confidence, m.score
-        except grpc.RpcError as exc:
-            latency = math.nan
-            err = f"{exc.code().name}: {exc.details()}"
-        records.append(
-            report.QueryRecord.answered(
-                q,
-                predicted_track=pred,
-                predicted_offset_s=pred_off,
-                confidence=conf,
-                score=score,
-                latency_ms=latency,
-                server_ms=server_ms,
-                error=err,
-            )
-        )
+        first = i % len(methods)
+        records += [identify_one(em, q, data, m) for m in [*methods[first:], *methods[:first]]]
         if i % progress_every == 0 or i == len(queries):
-            rate = i / (time.perf_counter() - started)
-            log(f"  identified {i}/{len(queries)} ({rate:.1f} queries/s)")
+            rate = i * len(methods) / (time.perf_counter() - started)
+            log(f"  identified {i}/{len(queries)} queries x {len(methods)} methods "
+                f"({rate:.1f} calls/s)")  # fmt: skip
     return records
+
+
+def parse_methods(text: str) -> list[str]:
+    from earmark.results import IDENTIFY_METHODS
+
+    methods = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in IDENTIFY_METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(
+            f"methods are a comma-separated subset of {', '.join(IDENTIFY_METHODS)}"
+            + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+        )
+    return methods
 
 
 # ------------------------------------------------------------ server-side split
@@ -437,6 +478,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=None,
         help="comma-separated subset of: " + ",".join(c.name for c in default_conditions()),
     )
+    ap.add_argument(
+        "--methods",
+        type=parse_methods,
+        default=list(DEFAULT_METHODS),
+        help="comma-separated identify methods, each query is identified once with each "
+        "(default landmarks,neural,fused; auto also accepted)",
+    )
     ap.add_argument("--upload-workers", type=int, default=4)
     ap.add_argument(
         "--out",
@@ -447,6 +495,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     ap.add_argument("--docs", type=Path, default=DOCS, help="markdown file the results go into")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     ap.add_argument("--no-split", action="store_true", help="skip the server-side latency split")
+    ap.add_argument(
+        "--no-search-restart",
+        action="store_true",
+        help="identify with search as ingest left it (Milvus Lite then searches its unsealed "
+        "in-memory rows, far slower)",
+    )
     ap.add_argument(
         "--split-queries",
         type=int,
@@ -460,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     wall0 = time.perf_counter()
+    # The code the services start with: other work may commit while the benchmark runs.
+    commit = git_commit()
     phases: dict[str, float] = {}
 
     def phase(name: str, since: float) -> float:
@@ -482,13 +538,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     from earmark import Earmark
-    from earmark_stack import down, up
+    from earmark_stack import IDENTIFY_SERVICES, down, up
+    from earmark_stack import restart_service as restart
 
     temp_home = args.home is None
     home = Path(tempfile.mkdtemp(prefix="earmark-bench-")) if temp_home else args.home
-    log(f"== starting a fresh embedded stack under {home}")
+    log(f"== starting a fresh embedded stack ({', '.join(IDENTIFY_SERVICES)}) under {home}")
     t = time.perf_counter()
-    info = up(home, progress=lambda m: log("  " + m))
+    info = up(home, services=IDENTIFY_SERVICES, progress=lambda m: log("  " + m))
     t = phase("stack start", t)
     extraction_x = extraction_audio_s = math.nan
     split = SplitResult(note="skipped (--no-split)")
@@ -508,6 +565,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{ingest.audio_s / 3600:.2f} h in {ingest.wall_s:.0f} s = "
                 f"{ingest.x_realtime:.0f}x real time; index {sum(sizes.values()) / 1e6:.1f} MB"
             )
+            if not args.no_search_restart:
+                log(f"== restarting search: {SEARCH_RESTART_WHY}")
+                restart(home, "search", timeout_s=120)
+                t = phase("search restart", t)
 
             log("== building queries")
             queries = build_queries(
@@ -523,13 +584,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             t = phase("query build", t)
             n_pos = sum(not q.negative for q in queries)
-            log(f"== identifying {len(queries)} queries ({n_pos} positive)")
-            records = identify_all(em, queries)
+            log(
+                f"== identifying {len(queries)} queries ({n_pos} positive) with "
+                + ", ".join(args.methods)
+            )
+            records = identify_all(em, queries, args.methods)
             t = phase("identify", t)
 
         if not args.no_split:
             log(f"== server-side latency split on the {SPLIT_LENGTH_S:g} s queries")
-            split = server_split(info, queries, records, args.split_queries)
+            split_records = report.by_method(records).get(
+                report.issue3_method(args.methods) or "", []
+            )
+            split = server_split(info, queries, split_records, args.split_queries)
             if split.note:
                 log("  " + split.note)
             t = phase("latency split", t)
@@ -564,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         wall_s=wall_s,
         pg_version=pg_version,
         rubberband="rubberband" in ffmpeg_filters(),
+        search_restarted=not args.no_search_restart,
+        commit=commit,
     )
     text = render(records, ctx)
     print(text)
@@ -598,18 +667,26 @@ class ReportContext:
     wall_s: float
     pg_version: str
     rubberband: bool
+    search_restarted: bool = False
+    commit: str = ""  # at the start of the run; empty: read when rendering
 
 
 def render(records: Sequence[report.QueryRecord], ctx: ReportContext) -> str:
-    summary = report.summarize(records)
+    records_by_method = report.by_method(records)
+    methods = list(records_by_method)
+    summaries = {m: report.summarize(recs) for m, recs in records_by_method.items()}
+    # Issue 3's targets and the latency split are about one method: landmarks.
+    main_method = report.issue3_method(methods) or report.LANDMARKS
+    main = records_by_method.get(main_method, [])
+    summary = summaries.get(main_method) or report.summarize([])
     hours = ctx.ingest.audio_s / 3600
     total_bytes = sum(ctx.sizes.values())
     mb_per_h = total_bytes / 1e6 / hours if hours else math.nan
-    five = [r.latency_ms for r in records if r.length_s == SPLIT_LENGTH_S and r.error is None]
+    five = [r.latency_ms for r in main if r.length_s == SPLIT_LENGTH_S and r.error is None]
     server = ctx.split.ms.get("server", [])
     reported = [
         r.server_ms
-        for r in records
+        for r in main
         if r.length_s == SPLIT_LENGTH_S and r.server_ms is not None and r.error is None
     ]
     if reported:
@@ -629,61 +706,115 @@ def render(records: Sequence[report.QueryRecord], ctx: ReportContext) -> str:
         identify_p99_ms=p99,
         latency_note=lat_note,
     )
-    n_pos = sum(not r.negative for r in records)
-    errors = sum(r.error is not None for r in records)
+    n_queries = len(main)
+    n_pos = sum(not r.negative for r in main)
+    errors = {m: sum(r.error is not None for r in recs) for m, recs in records_by_method.items()}
+    error_note = ", ".join(f"{n} {m}" for m, n in errors.items() if n)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     phases = ", ".join(f"{k} {v:.0f} s" for k, v in ctx.phases.items())
+    several = len(methods) > 1
     out = [
         f"### {now}",
         "",
         f"- command: `{command_line(ctx.argv)}`",
-        f"- commit: `{git_commit()}`",
+        f"- commit: `{ctx.commit or git_commit()}` (at the start of the run)",
         f"- machine: {os.cpu_count()} CPUs ({cpu_model()}), {mem_gib():.0f} GiB RAM, "
         f"Python {platform.python_version()}, PostgreSQL {ctx.pg_version}, "
-        f"{platform.system()} {platform.release()}; services, PostgreSQL, NATS and the "
-        "benchmark client all on this machine",
+        f"{platform.system()} {platform.release()}; services (ingest, fingerprint, search), "
+        "PostgreSQL, NATS, Milvus Lite and the benchmark client all on this machine",
         f"- corpus: {ctx.corpus_tracks} tracks, {ctx.corpus_hours:.2f} h; catalog "
         f"{ctx.catalog_tracks} tracks ({hours:.2f} h indexed), held out {ctx.held_out_tracks}; "
         f"queries from {ctx.query_tracks[0]} catalog and {ctx.query_tracks[1]} held-out tracks",
-        f"- queries: {len(records)} ({n_pos} positive, {len(records) - n_pos} negative)"
-        + (f", {errors} RPC errors (counted as no match)" if errors else "")
+        f"- queries: {n_queries} ({n_pos} positive, {n_queries - n_pos} negative)"
+        + (f", RPC errors (counted as no match): {error_note}" if error_note else "")
         + f"; pitch/tempo by {'rubberband' if ctx.rubberband else 'asetrate/atempo'}",
+        f"- identify methods: {', '.join(methods)}, every query once with each "
+        f"(column tags: {report.method_legend(methods)})"
+        if several
+        else f"- identify method: {', '.join(methods)}",
+        "- search restarted between ingest and identify: " + SEARCH_RESTART_WHY
+        if ctx.search_restarted
+        else "- search not restarted after ingest (--no-search-restart): neural searches "
+        "scan Milvus Lite's unsealed rows",
         f"- wall time: {ctx.wall_s / 60:.1f} min ({phases})",
         "",
-        "#### Targets (issue 3)",
+        f"#### Targets (issue 3), {main_method} method",
         "",
         report.targets_table(targets),
         "",
-        "#### Top-1 hit rate, % (right track)",
-        "",
-        report.hit_table(summary),
-        "",
-        "#### Offset accuracy, % (right track and offset within 0.5 s, speed-corrected)",
-        "",
-        report.offset_table(summary),
-        "",
-        "#### Misses of positive queries",
-        "",
-        report.errors_table(summary),
-        "",
-        "#### False positives on held-out (out-of-catalog) clips",
-        "",
-        report.negatives_table(summary),
-        "",
-        "#### Identify latency, client side (SDK over loopback, one query at a time)",
-        "",
-        report.latency_table(records),
-        "",
     ]
-    if reported:
+    if several:
         out += [
-            "#### Identify latency, server side (as reported by search)",
+            "#### Targets (issue 4), the methods on the same queries",
             "",
-            report.latency_table(records, server=True),
+            report.targets_table(report.method_target_rows(summaries)),
+            "",
+            "#### Top-1 hit rate, % (right track), per method",
+            "",
+            report.method_hit_table(summaries),
+            "",
+            "#### Offset accuracy, % (right track and offset within 0.5 s, speed-corrected), "
+            "per method",
+            "",
+            report.method_offset_table(summaries),
+            "",
+            "#### Misses of positive queries, per method",
+            "",
+            report.method_errors_table(summaries),
+            "",
+            "#### False positives on held-out (out-of-catalog) clips, per method",
+            "",
+            report.method_negatives_table(summaries),
+            "",
+            "#### Which identifiers found the top match (Match.methods)",
+            "",
+            report.provenance_table(records_by_method),
+            "",
+            "#### Identify latency, client side (SDK over loopback, one call at a time)",
+            "",
+            report.method_latency_table(records_by_method),
             "",
         ]
+        if any(r.server_ms is not None for r in records):
+            out += [
+                "#### Identify latency, server side (as reported by search)",
+                "",
+                report.method_latency_table(records_by_method, server=True),
+                "",
+            ]
+    else:
+        out += [
+            "#### Top-1 hit rate, % (right track)",
+            "",
+            report.hit_table(summary),
+            "",
+            "#### Offset accuracy, % (right track and offset within 0.5 s, speed-corrected)",
+            "",
+            report.offset_table(summary),
+            "",
+            "#### Misses of positive queries",
+            "",
+            report.errors_table(summary),
+            "",
+            "#### False positives on held-out (out-of-catalog) clips",
+            "",
+            report.negatives_table(summary),
+            "",
+            "#### Identify latency, client side (SDK over loopback, one query at a time)",
+            "",
+            report.latency_table(main),
+            "",
+        ]
+        if reported:
+            out += [
+                "#### Identify latency, server side (as reported by search)",
+                "",
+                report.latency_table(main, server=True),
+                "",
+            ]
     out += [
-        f"#### Server-side split, {SPLIT_LENGTH_S:g} s clips ({ctx.split.n} queries)",
+        f"#### Server-side split, {SPLIT_LENGTH_S:g} s clips ({ctx.split.n} queries, "
+        f"{main_method} method)",
         "",
     ]
     if ctx.split.ms:

@@ -1,6 +1,8 @@
 """The embedded Earmark stack: everything on one machine, state under $EARMARK_HOME."""
 
 from .stack import (
+    IDENTIFY_SERVICES,
+    SERVICES,
     StackError,
     StackInfo,
     down,
@@ -12,6 +14,8 @@ from .stack import (
 )
 
 __all__ = [
+    "IDENTIFY_SERVICES",
+    "SERVICES",
     "StackError",
     "StackInfo",
     "down",

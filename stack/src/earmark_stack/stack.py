@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,10 @@ from .processes import (
 )
 
 SERVICES = ("fingerprint", "search", "ingest", "features", "transcoder", "monitor")
+# What ingesting to INDEXED and identifying need. Without features, transcoder and
+# monitor, submissions still reach INDEXED (search reports it); they only lack
+# the optional "analysed" and "transcoded" stages. For benchmarks of identify.
+IDENTIFY_SERVICES = ("fingerprint", "search", "ingest")
 # Python module each process runs.
 MODULES = {name: f"earmark_{name}" for name in SERVICES} | {
     "transcoder": "earmark_ingest.transcoder"
@@ -41,6 +45,8 @@ MODULES = {name: f"earmark_{name}" for name in SERVICES} | {
 INFO_FILE = "stack.json"
 
 __all__ = [
+    "IDENTIFY_SERVICES",
+    "SERVICES",
     "StackError",
     "StackInfo",
     "down",
@@ -117,19 +123,34 @@ def wait_serving(
     raise StackError(f"{what} not SERVING after {timeout_s:.0f} s (last: {last})")
 
 
+def _chosen_services(services: Sequence[str]) -> tuple[str, ...]:
+    """`services` in start order (SERVICES'), or ValueError for an unknown or empty choice."""
+    unknown = sorted(set(services) - set(SERVICES))
+    if unknown or not services:
+        raise ValueError(
+            f"services must be a non-empty subset of {', '.join(SERVICES)}"
+            + (f"; unknown: {', '.join(unknown)}" if unknown else "")
+        )
+    return tuple(name for name in SERVICES if name in services)
+
+
 def up(
     home: Path,
     *,
     extra_env: dict[str, str] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
     timeout_s: float = 90.0,
+    services: Sequence[str] = SERVICES,
 ) -> StackInfo:
-    """Start nats-server, PostgreSQL and the services; return once all are SERVING."""
+    """Start nats-server, PostgreSQL and `services` (all by default); return once
+    all are SERVING. A stack already running under `home` is kept when it runs at
+    least `services`, else stopped and started afresh."""
+    names = _chosen_services(services)
     home.mkdir(parents=True, exist_ok=True)
     existing = read_info(home)
     if existing is not None and pid_alive(existing.nats_pid):
         alive = all(pid_alive(int(s["pid"])) for s in existing.services.values())
-        if alive:
+        if alive and set(names) <= set(existing.services):
             progress(f"stack already running under {home}")
             return existing
         down(home)
@@ -158,7 +179,7 @@ def up(
         progress(f"starting PostgreSQL on 127.0.0.1:{pg_port}")
         start_postgres(pgdata, pg_port, logs / "postgres.log")
         ensure_database(pg_port, "earmark")
-        _start_services(home, info, progress, timeout_s)
+        _start_services(home, info, names, progress, timeout_s)
     except BaseException:
         down(home)
         raise
@@ -166,6 +187,12 @@ def up(
 
 
 def _service_env(home: Path, info: StackInfo, name: str) -> dict[str, str]:
+    # The services others dial, where this stack runs them.
+    dialled = {
+        f"EARMARK_{peer.upper()}_ADDR": info.addr(peer)
+        for peer in ("fingerprint", "search")
+        if peer in info.services
+    }
     return {
         **os.environ,
         "EARMARK_HOME": str(home),
@@ -174,8 +201,7 @@ def _service_env(home: Path, info: StackInfo, name: str) -> dict[str, str]:
         "EARMARK_NATS_URL": info.nats_url,
         "EARMARK_DATABASE_URL": info.database_url,
         "EARMARK_BLOB_URL": info.blob_url,
-        "EARMARK_FINGERPRINT_ADDR": info.addr("fingerprint"),
-        "EARMARK_SEARCH_ADDR": info.addr("search"),
+        **dialled,
         "PYTHONUNBUFFERED": "1",
         **info.extra_env,
     }
@@ -191,17 +217,18 @@ def _spawn_service(home: Path, info: StackInfo, name: str) -> int:
 def _start_services(
     home: Path,
     info: StackInfo,
+    names: Sequence[str],
     progress: Callable[[str], None],
     timeout_s: float,
 ) -> None:
-    for name in SERVICES:
+    for name in names:
         info.services[name] = {"addr": f"127.0.0.1:{free_port()}", "pid": 0}
-    for name in SERVICES:
+    for name in names:
         pid = _spawn_service(home, info, name)
         progress(f"started {name} (pid {pid}) on {info.addr(name)}")
     _write_info(home, info)
     try:
-        for name in SERVICES:
+        for name in names:
             wait_serving(
                 info.addr(name), timeout_s, name, int(info.services[name]["pid"]), info.extra_env
             )
