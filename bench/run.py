@@ -172,6 +172,26 @@ def index_size(database_url: str) -> dict[str, int]:
     return {str(name): int(size) for name, size in rows}
 
 
+def wait_for_compaction(database_url: str, timeout_s: float = 180.0) -> float:
+    """Seconds until search has packed the postings that ingest left in recent_postings.
+
+    The index is measured as it stays, not mid-merge: the compactor packs a
+    backlog once writes pause (EARMARK_COMPACT_IDLE_S).
+    """
+    import psycopg
+
+    started = time.perf_counter()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while time.perf_counter() - started < timeout_s:
+            row = conn.execute("SELECT EXISTS (SELECT 1 FROM catalog.recent_postings)").fetchone()
+            if row is not None and not row[0]:
+                break
+            time.sleep(1.0)
+        else:
+            log(f"  warning: recent postings still waiting after {timeout_s:.0f} s")
+    return time.perf_counter() - started
+
+
 def postgres_version(database_url: str) -> str:
     import psycopg
 
@@ -556,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"== ingesting {len(catalog)} catalog tracks ({args.upload_workers} uploads)")
             ingest = ingest_catalog(em, catalog, args.upload_workers)
             t = phase("ingest", t)
+            waited = wait_for_compaction(info.database_url)
+            log(f"  recent postings packed by search's compactor after {waited:.0f} s")
+            t = phase("compaction", t)
             sizes = index_size(info.database_url)
             pg_version = postgres_version(info.database_url)
             for line in ingest.rejected:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from earmark_search.catalog import decode_packed_postings, pack_entries
-from earmark_search.compaction import CompactionPolicy, Compactor
+from earmark_search.compaction import CompactionPolicy, Compactor, IdleFlush
 
 POLICY = CompactionPolicy(rows=1000, idle_s=10.0)
 
@@ -109,3 +109,37 @@ def test_no_rows_decode_to_no_postings() -> None:
 def test_entries_keep_the_whole_track_key(track_key: int) -> None:
     entries = pack_entries(np.array([track_key]), np.array([5]))
     assert int(entries[0]) >> 32 == track_key
+
+
+async def test_the_neural_index_is_sealed_once_after_writes_pause() -> None:
+    flushes: list[int] = []
+
+    async def flush() -> None:
+        flushes.append(1)
+
+    idle = IdleFlush(flush, idle_s=0.0)
+    assert not await idle.run_once()  # nothing written yet
+    idle.wrote()
+    idle.wrote()
+    assert await idle.run_once()
+    assert not await idle.run_once()  # sealed; nothing new
+    assert len(flushes) == 1
+    waiting = IdleFlush(flush, idle_s=3600.0)
+    waiting.wrote()
+    assert not await waiting.run_once()  # writes have not paused yet
+
+
+async def test_a_failed_flush_is_tried_again() -> None:
+    calls: list[int] = []
+
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("milvus restarting")
+
+    idle = IdleFlush(flaky, idle_s=0.0)
+    idle.wrote()
+    with pytest.raises(ConnectionError):
+        await idle.run_once()
+    assert await idle.run_once()
+    assert len(calls) == 2

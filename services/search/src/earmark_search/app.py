@@ -26,7 +26,7 @@ from earmark_runtime.streams import StreamTooLargeError, collect_header_and_chun
 from earmark_runtime.telemetry import client_interceptors
 
 from .catalog import Catalog, Postings
-from .compaction import CompactionPolicy, Compactor
+from .compaction import CompactionPolicy, Compactor, IdleFlush
 from .duplicates import find_duplicate
 from .identify import NeuralQuery, ScaledQuery, identify, postings_budget, scan_recording
 from .live import monitor_events
@@ -299,11 +299,13 @@ class Indexer:
         catalog: Catalog,
         segments: SegmentStore | None = None,
         compactor: Compactor | None = None,
+        segment_flush: IdleFlush | None = None,
     ) -> None:
         self._ctx = ctx
         self._catalog = catalog
         self._segments = segments
         self._compactor = compactor
+        self._segment_flush = segment_flush
 
     async def handle(self, event: events_pb2.FingerprintExtracted, delivery: bus.Delivery) -> None:
         if not is_uuid(event.submission.submission_id):
@@ -365,6 +367,8 @@ class Indexer:
         vectors = np.frombuffer(nf.vectors, dtype="<f4").reshape(-1, nf.dim)
         times = np.frombuffer(nf.times, dtype="<f4")
         await asyncio.to_thread(self._segments.write_track, track.track_key, times, vectors)
+        if self._segment_flush is not None:
+            self._segment_flush.wrote()
 
     async def _duplicate_of(
         self, event: events_pb2.FingerprintExtracted
@@ -439,7 +443,17 @@ async def run() -> None:
     segments = await open_segments(ctx.settings.vectors_uri)
     settings = ctx.settings
     compactor = Compactor(catalog, CompactionPolicy(settings.compact_rows, settings.compact_idle_s))
-    indexer = Indexer(ctx, catalog, segments, compactor)
+    housekeeping = [compactor.run]
+    segment_flush = None
+    if segments is not None:
+        store = segments
+
+        async def flush_segments() -> None:
+            await asyncio.to_thread(store.flush)
+
+        segment_flush = IdleFlush(flush_segments, settings.compact_idle_s)
+        housekeeping.append(segment_flush.run)
+    indexer = Indexer(ctx, catalog, segments, compactor, segment_flush)
     ctx.consumers.append(
         bus.Consumer(
             ctx.js,
@@ -477,6 +491,6 @@ async def run() -> None:
         health_checks=ctx.health_checks(),
         keys=ctx.keys,
         tls=ctx.tls,
-        background=[*ctx.background_jobs(), compactor.run],
+        background=[*ctx.background_jobs(), *housekeeping],
         on_shutdown=shutdown,
     )

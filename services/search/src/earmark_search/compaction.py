@@ -1,4 +1,5 @@
-"""When to pack recent postings into the per-hash index, and the loop that does it.
+"""Housekeeping after index writes: packing recent postings into the per-hash
+index, and sealing the neural segments once writes pause.
 
 New tracks land in `recent_postings` (one row per posting: cheap appends, but
 a lookup pays one heap tuple per posting). Packing them costs a rewrite of
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -93,6 +95,49 @@ class Compactor:
                 # The database may be restarting; the postings stay where they
                 # are (each slice is one transaction) and the next try packs them.
                 log.warning("compaction failed; retrying in %.0f s", RETRY_S, exc_info=True)
+                await asyncio.sleep(RETRY_S)
+                continue
+            await asyncio.sleep(POLL_S)
+
+
+class IdleFlush:
+    """Runs `flush` once writes have paused for `idle_s` (background job; `wrote()` after writes).
+
+    Milvus Lite keeps unsealed rows in memory and copies them on every search
+    (0.5-1.3 s per neural search after an ingest, docs/benchmarks.md); sealing
+    after every track would leave many tiny segments instead.
+    """
+
+    def __init__(self, flush: Callable[[], Awaitable[None]], idle_s: float) -> None:
+        self._flush = flush
+        self._idle_s = idle_s
+        self._last_write = time.monotonic()
+        self._dirty = False
+
+    def wrote(self) -> None:
+        self._last_write = time.monotonic()
+        self._dirty = True
+
+    async def run_once(self) -> bool:
+        """Flush if writes paused long enough since the last flush; whether it did."""
+        if not self._dirty or time.monotonic() - self._last_write < self._idle_s:
+            return False
+        self._dirty = False
+        try:
+            await self._flush()
+        except Exception:
+            self._dirty = True  # try again at the next poll
+            raise
+        return True
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("flushing the neural index failed; retrying", exc_info=True)
                 await asyncio.sleep(RETRY_S)
                 continue
             await asyncio.sleep(POLL_S)
