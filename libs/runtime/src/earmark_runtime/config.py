@@ -76,7 +76,8 @@ SETTINGS_TABLE: Final[tuple[SettingDoc, ...]] = (
     SettingDoc(
         "EARMARK_COMPACT_IDLE_S",
         "10",
-        "search: seconds without index writes after which a smaller backlog is packed too.",
+        "search: seconds without index writes after which a smaller backlog is packed too "
+        "and the neural index is sealed.",
     ),
     SettingDoc(
         "EARMARK_API_KEYS_FILE",
