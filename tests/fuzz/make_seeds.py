@@ -1,11 +1,13 @@
-"""Make the seed files of tests/fuzz/corpus/audio (generated, ignored by git).
+"""Make the files of tests/fuzz/corpus/audio (generated, ignored by git).
 
 The fuzz suite's conftest makes any that are missing before the tests are
 collected; `python -m tests.fuzz.make_seeds` rewrites them all: a short tone in every
 container the service decodes, tagged files, files that reference other media,
 a video with an audio track, and an ALAC file whose header asks the decoder
 for 1.5 GB (refused by the ffmpeg memory limit). Each stays a few KB so the
-fuzzers can mutate them quickly.
+fuzzers can mutate them quickly. The audio findings of earlier fuzzing runs
+are written there too, from the bytes kept in FINDINGS, so that git tracks no
+media file.
 """
 
 from __future__ import annotations
@@ -114,12 +116,31 @@ SEEDS = {
 }
 
 
+# Inputs that once broke the audio path (corpus/README.md says what each found),
+# byte for byte as the fuzzer wrote them.
+FINDINGS = {
+    # An 8 kHz mono 16-bit WAV header whose data chunk claims 4 GiB and holds one byte.
+    "wav-one-byte-of-data.wav": bytes.fromhex(
+        "524946462500000057415645666d74201000000001000100401f0000803e00000200100064617461ffffffff00"
+    ),
+    # The same header with a zero byte before "fmt ", which cuts the data chunk's size short.
+    "wav-truncated-data-chunk.wav": bytes.fromhex(
+        "52494646f80f00005741564500666d74201000000001000100401f0000803e00000200100064617461a00f00"
+    ),
+}
+
+
 def write_seeds(*, overwrite: bool) -> list[Path]:
-    """Write the seeds (only the missing ones unless `overwrite`); returns those written."""
+    """Write the seeds and the findings (only the missing ones unless `overwrite`);
+    returns those written."""
     AUDIO.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, make in SEEDS.items():
-        path = AUDIO / f"seed-{name}"
+    files = {
+        **{f"seed-{name}": make for name, make in SEEDS.items()},
+        **{name: (lambda data=data: data) for name, data in FINDINGS.items()},
+    }
+    for name, make in files.items():
+        path = AUDIO / name
         if overwrite or not path.exists():
             # Written beside the corpus folders (no fuzzer reads there), then moved
             # in: a run cut short leaves no half-written seed.
