@@ -70,12 +70,9 @@ from bench.corpus import DEFAULT_CORPUS_DIR, CorpusTrack, decode_audio, ffmpeg_e
 from bench.degrade import (
     DEFAULT_LENGTHS,
     DEFAULT_SR,
+    BenchPlan,
     Query,
-    build_queries,
-    conditions_by_name,
     default_conditions,
-    select_query_tracks,
-    split_catalog,
 )
 from bench.synthetic import wav_bytes
 
@@ -680,13 +677,7 @@ def render(
         f"Hits whose offset is right only modulo audfprint's time wrap "
         f"({wrap_frames} frames = {wrap_s:.1f} s): {wrapped_only} of {len(hits)}.",
         "",
-        "#### Misses of positive queries",
-        "",
-        report.errors_table(summary),
-        "",
-        "#### False positives on held-out (out-of-catalog) clips",
-        "",
-        report.negatives_table(summary),
+        *report.misses_and_false_positives(summary),
         "",
         "#### Time per query (one `match` process per clip length, after start-up)",
         "",
@@ -867,9 +858,8 @@ def measure(
     tracks = list_corpus(args.corpus)
     if not tracks:
         raise SystemExit(f"no usable tracks under {args.corpus} (run `make corpus`)")
-    catalog, held_out = split_catalog(tracks, args.seed)
-    q_catalog, q_held = select_query_tracks(catalog, held_out, args.limit, args.seed)
-    conds = conditions_by_name(args.conditions)
+    plan = BenchPlan.of(tracks, args.seed, args.limit, args.conditions)
+    catalog = plan.catalog
     work = args.work or Path(tempfile.mkdtemp(prefix="audfprint-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     af = Audfprint(
@@ -907,16 +897,8 @@ def measure(
             f"{ingest.db_bytes / 1e6:.1f} MB = {ingest.mb_per_hour:.2f} MB/h"
         )
         log("== building queries (as bench.run)")
-        queries = build_queries(
-            q_catalog,
-            args.lengths,
-            conds,
-            args.per_track,
-            args.seed,
-            held_out=q_held,
-            babble_tracks=held_out,
-            sr=DEFAULT_SR,
-            progress=lambda m: log("  " + m),
+        queries = plan.queries(
+            args.lengths, args.per_track, args.seed, progress=lambda m: log("  " + m)
         )
         paths = write_queries(queries, work / "queries")
         log(f"== audfprint match, {len(queries)} queries")
@@ -931,8 +913,8 @@ def measure(
         ncores=af.ncores,
         corpus_tracks=len(tracks),
         catalog_tracks=len(catalog),
-        held_out_tracks=len(held_out),
-        query_tracks=(len(q_catalog), len(q_held)),
+        held_out_tracks=len(plan.held_out),
+        query_tracks=(len(plan.query_catalog), len(plan.query_held_out)),
         wall_s=time.perf_counter() - wall0,
     )
     return records, ingest, match, ctx

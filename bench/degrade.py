@@ -593,6 +593,50 @@ def select_query_tracks(
     return q_cat, q_held
 
 
+@dataclass(frozen=True)
+class BenchPlan:
+    """bench.run's query set, from a corpus: one definition for every tool that
+    must measure the same queries (bench.run, bench.audfprint_compare)."""
+
+    catalog: list[CorpusTrack]
+    held_out: list[CorpusTrack]
+    query_catalog: list[CorpusTrack]
+    query_held_out: list[CorpusTrack]
+    conditions: list[Condition]
+
+    @classmethod
+    def of(
+        cls,
+        tracks: list[CorpusTrack],
+        seed: int,
+        limit: int | None = None,
+        condition_names: Sequence[str] | None = None,
+    ) -> BenchPlan:
+        catalog, held_out = split_catalog(tracks, seed)
+        q_catalog, q_held = select_query_tracks(catalog, held_out, limit, seed)
+        return cls(catalog, held_out, q_catalog, q_held, conditions_by_name(condition_names))
+
+    def queries(
+        self,
+        lengths: Sequence[float],
+        per_track: int,
+        seed: int,
+        progress: Callable[[str], None] | None = None,
+    ) -> list[Query]:
+        # Babble comes from the whole held-out set even when negatives are limited.
+        return build_queries(
+            self.query_catalog,
+            lengths,
+            self.conditions,
+            per_track,
+            seed,
+            held_out=self.query_held_out,
+            babble_tracks=self.held_out,
+            sr=DEFAULT_SR,
+            progress=progress,
+        )
+
+
 def _track_row(t: CorpusTrack) -> dict[str, object]:
     return {
         "track_id": t.track_id,

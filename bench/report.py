@@ -329,6 +329,19 @@ def errors_table(summary: Summary) -> str:
     return markdown_table(headers, rows)
 
 
+def misses_and_false_positives(summary: Summary) -> list[str]:
+    """The misses and false-positive tables under their headings, as markdown lines."""
+    return [
+        "#### Misses of positive queries",
+        "",
+        errors_table(summary),
+        "",
+        "#### False positives on held-out (out-of-catalog) clips",
+        "",
+        negatives_table(summary),
+    ]
+
+
 def latency_table(records: Sequence[QueryRecord], *, server: bool = False) -> str:
     """Latency per clip length: client round trip, or with ``server`` search's own figure."""
 

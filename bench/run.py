@@ -67,14 +67,10 @@ from bench import report
 from bench.corpus import DEFAULT_CORPUS_DIR, CorpusTrack, decode_audio, list_corpus
 from bench.degrade import (
     DEFAULT_LENGTHS,
-    DEFAULT_SR,
+    BenchPlan,
     Query,
-    build_queries,
-    conditions_by_name,
     default_conditions,
     ffmpeg_filters,
-    select_query_tracks,
-    split_catalog,
 )
 from bench.synthetic import wav_bytes
 
@@ -547,9 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not tracks:
         log(f"no usable tracks under {args.corpus} (run `make corpus`)")
         return 1
-    catalog, held_out = split_catalog(tracks, args.seed)
-    q_catalog, q_held = select_query_tracks(catalog, held_out, args.limit, args.seed)
-    conds = conditions_by_name(args.conditions)
+    plan = BenchPlan.of(tracks, args.seed, args.limit, args.conditions)
+    catalog, held_out = plan.catalog, plan.held_out
+    q_catalog, q_held, conds = plan.query_catalog, plan.query_held_out, plan.conditions
     log(
         f"corpus: {len(tracks)} tracks, {sum(t.duration_s for t in tracks) / 3600:.2f} h -> "
         f"catalog {len(catalog)}, held-out {len(held_out)}; queries from {len(q_catalog)} "
@@ -594,16 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t = phase("search restart", t)
 
             log("== building queries")
-            queries = build_queries(
-                q_catalog,
-                args.lengths,
-                conds,
-                args.per_track,
-                args.seed,
-                held_out=q_held,
-                babble_tracks=held_out,
-                sr=DEFAULT_SR,
-                progress=lambda m: log("  " + m),
+            queries = plan.queries(
+                args.lengths, args.per_track, args.seed, progress=lambda m: log("  " + m)
             )
             t = phase("query build", t)
             n_pos = sum(not q.negative for q in queries)
@@ -815,13 +803,7 @@ def render(records: Sequence[report.QueryRecord], ctx: ReportContext) -> str:
             "",
             report.offset_table(summary),
             "",
-            "#### Misses of positive queries",
-            "",
-            report.errors_table(summary),
-            "",
-            "#### False positives on held-out (out-of-catalog) clips",
-            "",
-            report.negatives_table(summary),
+            *report.misses_and_false_positives(summary),
             "",
             "#### Identify latency, client side (SDK over loopback, one query at a time)",
             "",

@@ -266,13 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         report.hit_table(report.summarize(raw)),
         "",
-        "#### Misses of positive queries",
-        "",
-        report.errors_table(summary),
-        "",
-        "#### False positives on held-out (out-of-catalog) clips",
-        "",
-        report.negatives_table(summary),
+        *report.misses_and_false_positives(summary),
     ]
     if args.milvus:
         rng = np.random.default_rng(0)
