@@ -50,31 +50,63 @@ class CompactableCatalog(Protocol):
     async def compact(self) -> int: ...
 
 
-class Compactor:
-    """Background job of the search service; `wrote()` is called after index writes."""
+class _AfterWrites:
+    """A background job that reacts to index writes (`wrote()`) and to pauses in them."""
 
-    def __init__(self, catalog: CompactableCatalog, policy: CompactionPolicy) -> None:
-        self._catalog = catalog
-        self._policy = policy
+    # Says what failed in the retry warning.
+    task = "housekeeping"
+
+    def __init__(self) -> None:
         self._last_write = time.monotonic()
         # Something may wait from before this process started.
-        self._unchecked = True
+        self._pending = True
 
     def wrote(self) -> None:
         self._last_write = time.monotonic()
-        self._unchecked = True
+        self._pending = True
+
+    def _idle_s(self) -> float:
+        return time.monotonic() - self._last_write
+
+    async def run_once(self) -> object:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The database or Milvus may be restarting: nothing is lost (a
+                # compaction slice is one transaction), the next try does the work.
+                log.warning("%s failed; retrying in %.0f s", self.task, RETRY_S, exc_info=True)
+                await asyncio.sleep(RETRY_S)
+                continue
+            await asyncio.sleep(POLL_S)
+
+
+class Compactor(_AfterWrites):
+    """Background job of the search service; `wrote()` is called after index writes."""
+
+    task = "compaction"
+
+    def __init__(self, catalog: CompactableCatalog, policy: CompactionPolicy) -> None:
+        super().__init__()
+        self._catalog = catalog
+        self._policy = policy
 
     async def run_once(self) -> int:
         """Pack if due; the number of postings moved."""
-        if not self._unchecked:
+        if not self._pending:
             return 0
         recent, catalog = await self._catalog.backlog()
-        idle_s = time.monotonic() - self._last_write
+        idle_s = self._idle_s()
         if not self._policy.due(recent, catalog, idle_s):
             # A backlog too small to pack even when idle needs no more checks
             # until the next write.
             if idle_s >= self._policy.idle_s:
-                self._unchecked = False
+                self._pending = False
             return 0
         started = time.perf_counter()
         moved = await self._catalog.compact()
@@ -85,22 +117,8 @@ class Compactor:
         )
         return moved
 
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The database may be restarting; the postings stay where they
-                # are (each slice is one transaction) and the next try packs them.
-                log.warning("compaction failed; retrying in %.0f s", RETRY_S, exc_info=True)
-                await asyncio.sleep(RETRY_S)
-                continue
-            await asyncio.sleep(POLL_S)
 
-
-class IdleFlush:
+class IdleFlush(_AfterWrites):
     """Runs `flush` once writes have paused for `idle_s` (background job; `wrote()` after writes).
 
     Milvus Lite keeps unsealed rows in memory and copies them on every search
@@ -108,36 +126,22 @@ class IdleFlush:
     after every track would leave many tiny segments instead.
     """
 
-    def __init__(self, flush: Callable[[], Awaitable[None]], idle_s: float) -> None:
-        self._flush = flush
-        self._idle_s = idle_s
-        self._last_write = time.monotonic()
-        self._dirty = False
+    task = "sealing the neural index"
 
-    def wrote(self) -> None:
-        self._last_write = time.monotonic()
-        self._dirty = True
+    def __init__(self, flush: Callable[[], Awaitable[None]], idle_s: float) -> None:
+        super().__init__()
+        self._pending = False  # Milvus seals on its own what an earlier process wrote
+        self._flush = flush
+        self._idle_after_s = idle_s
 
     async def run_once(self) -> bool:
         """Flush if writes paused long enough since the last flush; whether it did."""
-        if not self._dirty or time.monotonic() - self._last_write < self._idle_s:
+        if not self._pending or self._idle_s() < self._idle_after_s:
             return False
-        self._dirty = False
+        self._pending = False
         try:
             await self._flush()
         except Exception:
-            self._dirty = True  # try again at the next poll
+            self._pending = True  # try again at the next poll
             raise
         return True
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("flushing the neural index failed; retrying", exc_info=True)
-                await asyncio.sleep(RETRY_S)
-                continue
-            await asyncio.sleep(POLL_S)
