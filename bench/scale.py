@@ -58,7 +58,7 @@ from earmark_fingerprint.landmarks import (
     extract_query_landmarks,
 )
 from earmark_runtime.db import migrate, open_pool
-from earmark_search.catalog import Catalog, Postings, TrackRow
+from earmark_search.catalog import Catalog, Postings, TrackRow, pack_entries
 from earmark_search.identify import POSTINGS_PER_QUERY_HASH, identify
 from earmark_search.schema import MIGRATIONS, SCHEMA
 from earmark_stack.processes import ensure_database, free_port, start_postgres, stop_postgres
@@ -180,7 +180,7 @@ class Variants:
             new_f1 = f1[lo:hi] + shift
             hashes.append((new_f1 << F1_SHIFT) | self.rest[reverse][lo:hi])
             keys = FIRST_DISTRACTOR_KEY + v * n_tracks + self.track[reverse][lo:hi]
-            entries.append((keys << 32) | self.times[reverse][lo:hi])
+            entries.append(pack_entries(keys, self.times[reverse][lo:hi]))
         if not hashes:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate(hashes), np.concatenate(entries)
