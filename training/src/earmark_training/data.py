@@ -168,6 +168,16 @@ class AugmentConfig:
     snr_db: tuple[float, float] = (0.0, 12.0)
     p_babble: float = 0.35  # of the noisy views
     p_eq: float = 0.3  # random spectral tilt (cheap speakers, microphones)
+    # Pitch shift with the tempo kept, made in the frontend by scaling the mel
+    # band edges (neural_frontend.mel_matrix); 0 leaves the batches of runs made
+    # before it existed unchanged.
+    p_pitch: float = 0.0
+    max_pitch_semitones: float = 1.2
+
+
+# Pitch shifts are drawn on this grid (semitones) so the frontend's cached
+# filter banks stay few.
+PITCH_STEP_SEMITONES = 0.05
 
 
 def _bandpass_bank() -> list[npt.NDArray[np.float64]]:
@@ -303,13 +313,31 @@ class PairMaker:
         seg = self.audio.clean[track][start : start + fe.SEGMENT_SAMPLES]
         return np.asarray(seg, dtype=np.float32) / np.float32(32768)
 
+    def pitch_scale(self, rng: np.random.Generator) -> float:
+        """Frontend frequency scale of a positive view: 1.0, or a pitch shift on a grid."""
+        a = self.aug
+        # Short-circuit: with p_pitch = 0 no number is drawn and older runs replay exactly.
+        if a.p_pitch <= 0 or rng.random() >= a.p_pitch:
+            return 1.0
+        steps = round(a.max_pitch_semitones / PITCH_STEP_SEMITONES)
+        semitones = int(rng.integers(-steps, steps + 1)) * PITCH_STEP_SEMITONES
+        return float(2.0 ** (semitones / 12.0))
+
     def batch(self, seed: int, step: int, pairs: int) -> tuple[FloatArray, FloatArray]:
         """Log-mel of ``pairs`` anchors and their positives, the same for the same (seed, step)."""
         rng = np.random.default_rng([seed, step])
         anchors = np.empty((pairs, fe.SEGMENT_SAMPLES), dtype=np.float32)
         positives = np.empty_like(anchors)
+        scales = np.ones(pairs)
         for i in range(pairs):
             track, start = self._pick(rng)
             anchors[i] = self.anchor(track, start)
             positives[i] = self.positive(track, start, rng)
-        return fe.log_mel_batch(anchors), fe.log_mel_batch(positives)
+            scales[i] = self.pitch_scale(rng)
+        mel_positives = fe.log_mel_batch(positives)
+        for scale in np.unique(scales[scales != 1.0]):
+            # A view pitched up by s reads as the original under bands scaled by s,
+            # so bands scaled by 1 / s make the clean view sound pitched up by s.
+            sel = scales == scale
+            mel_positives[sel] = fe.log_mel_batch(positives[sel], 1.0 / float(scale))
+        return fe.log_mel_batch(anchors), mel_positives

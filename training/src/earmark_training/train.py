@@ -15,6 +15,7 @@ stopped by the cap continues where it stopped with ``--resume``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -22,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--val-every", type=int, default=500)
     ap.add_argument("--checkpoint-minutes", type=float, default=3.0)
     ap.add_argument("--cache", type=Path, default=Path("/work/runs/cache"))
+    ap.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from this checkpoint's weights (fine-tuning: fresh optimizer, step 0)",
+    )
+    aug = AugmentConfig()
+    ap.add_argument("--p-babble", type=float, default=aug.p_babble, help="babble share of noise")
+    ap.add_argument(
+        "--snr",
+        type=lambda s: tuple(float(v) for v in s.split(",")),
+        default=aug.snr_db,
+        help="noise SNR range in dB, LO,HI",
+    )
+    ap.add_argument(
+        "--p-pitch", type=float, default=aug.p_pitch, help="share of pitch-shifted views"
+    )
+    ap.add_argument("--max-pitch", type=float, default=aug.max_pitch_semitones, help="semitones")
     return ap.parse_args(argv)
+
+
+def augment_config(args: argparse.Namespace) -> AugmentConfig:
+    return replace(
+        AugmentConfig(),
+        p_babble=args.p_babble,
+        snr_db=tuple(args.snr),
+        p_pitch=args.p_pitch,
+        max_pitch_semitones=args.max_pitch,
+    )
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     audio = build_audio_set(split.train, args.synthetic, args.cache, log)
     val_audio = build_audio_set(split.unseen_catalog[:VALIDATION_TRACKS], 0, args.cache, log)
     log(f"training audio: {len(audio.names)} tracks, {audio.hours:.2f} h")
-    maker = PairMaker(audio)
+    augment = augment_config(args)
+    maker = PairMaker(audio, augment)
     val_anchors, val_positives = PairMaker(val_audio).batch(VALIDATION_SEED, 0, VALIDATION_PAIRS)
 
     config = ModelConfig(channels=args.channels, dim=args.dim)
@@ -189,6 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     elif ckpt_path.exists():
         log(f"{ckpt_path} exists: pass --resume to continue or choose another --out")
         return 2
+    elif args.init_from is not None:
+        state = torch.load(args.init_from, map_location=args.device, weights_only=False)
+        if state["config"] != config.to_json():
+            log(f"{args.init_from} holds another model config; cannot start from it")
+            return 2
+        model.load_state_dict(state["model"])
+        history[0]["init_from"] = {
+            "checkpoint": str(args.init_from),
+            "sha256": file_digest(args.init_from),
+            "at_step": int(state["step"]),
+            "run": state.get("run", {}),
+        }
+        log(f"starting from the weights of {args.init_from} (its step {state['step']})")
 
     command = "python -m earmark_training.train " + shlex.join(argv)
     # Every invocation that led to this checkpoint, so a run resumed with a
@@ -201,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "model": config.to_json(),
         "parameters": parameter_count(model),
-        "augment": asdict(AugmentConfig()),
+        "augment": asdict(augment),
         "temperature": args.temperature,
         "pairs_per_batch": args.pairs,
         "steps": args.steps,

@@ -62,9 +62,17 @@ def _mel_to_hz(mel: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
 
 
 @cache
-def mel_matrix() -> FloatArray:
-    """[N_FFT // 2 + 1, N_MELS] triangular filters, each normalised to unit area."""
-    edges_hz = _mel_to_hz(
+def mel_matrix(freq_scale: float = 1.0) -> FloatArray:
+    """[N_FFT // 2 + 1, N_MELS] triangular filters, each normalised to unit area.
+
+    ``freq_scale`` multiplies every band edge: band b of audio pitched up by a
+    factor ``s`` under ``mel_matrix(s)`` holds what band b of the original holds
+    under ``mel_matrix()``. Search uses it to undo a query's pitch shift,
+    training to simulate one (``1 / s``). A band pushed past Nyquist is silent.
+    """
+    if not 0.5 <= freq_scale <= 2.0:
+        raise ValueError(f"freq_scale {freq_scale} outside 0.5..2")
+    edges_hz = freq_scale * _mel_to_hz(
         np.linspace(_hz_to_mel(np.array(F_MIN_HZ)), _hz_to_mel(np.array(F_MAX_HZ)), N_MELS + 2)
     )
     bins_hz = np.arange(N_FFT // 2 + 1) * SAMPLE_RATE_HZ / N_FFT
@@ -72,7 +80,8 @@ def mel_matrix() -> FloatArray:
     up = (bins_hz[:, None] - lo) / (centre - lo)
     down = (hi - bins_hz[:, None]) / (hi - centre)
     weights = np.maximum(0.0, np.minimum(up, down))
-    weights /= weights.sum(axis=0, keepdims=True)
+    area = weights.sum(axis=0, keepdims=True)
+    weights = np.divide(weights, area, out=np.zeros_like(weights), where=area > 0)
     out: FloatArray = weights.astype(np.float32)
     out.setflags(write=False)
     return out
@@ -91,7 +100,7 @@ def n_frames(n_samples: int) -> int:
     return 0 if n_samples < N_FFT else 1 + (n_samples - N_FFT) // HOP
 
 
-def log_mel(samples: npt.ArrayLike) -> FloatArray:
+def log_mel(samples: npt.ArrayLike, freq_scale: float = 1.0) -> FloatArray:
     """[n_frames, N_MELS] log-mel power in dB of 8 kHz mono float samples."""
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1:
@@ -102,12 +111,12 @@ def log_mel(samples: npt.ArrayLike) -> FloatArray:
     frames = sliding_window_view(x, N_FFT)[::HOP][:count] * window()
     spec = scipy.fft.rfft(frames, axis=1)
     power = spec.real**2 + spec.imag**2
-    mel = power.astype(np.float32) @ mel_matrix()
+    mel = power.astype(np.float32) @ mel_matrix(freq_scale)
     out: FloatArray = (10.0 * np.log10(np.maximum(mel, POWER_FLOOR))).astype(np.float32)
     return out
 
 
-def log_mel_batch(excerpts: npt.ArrayLike) -> FloatArray:
+def log_mel_batch(excerpts: npt.ArrayLike, freq_scale: float = 1.0) -> FloatArray:
     """[batch, N_MELS, SEGMENT_FRAMES] model input from [batch, SEGMENT_SAMPLES] excerpts."""
     x = np.asarray(excerpts, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != SEGMENT_SAMPLES:
@@ -115,7 +124,7 @@ def log_mel_batch(excerpts: npt.ArrayLike) -> FloatArray:
     frames = sliding_window_view(x, N_FFT, axis=1)[:, ::HOP][:, :SEGMENT_FRAMES] * window()
     spec = scipy.fft.rfft(frames, axis=2)
     power = (spec.real**2 + spec.imag**2).astype(np.float32)
-    mel = power @ mel_matrix()
+    mel = power @ mel_matrix(freq_scale)
     db = 10.0 * np.log10(np.maximum(mel, POWER_FLOOR))
     return np.ascontiguousarray(db.transpose(0, 2, 1), dtype=np.float32)
 
