@@ -59,6 +59,9 @@ def structured(method: str) -> st.SearchStrategy[list[Message]]:
             audio=audio_inputs(),
             purpose=st.integers(0, 5),
             max_duration_s=floats,
+            rescale=st.booleans(),
+            neural=st.booleans(),
+            neural_rescale=st.booleans(),
         ).map(lambda m: [m])
     if method == SEARCH + "Identify":
         return st.builds(search_pb2.IdentifyRequest, audio=audio_inputs(), max_matches=uints).map(

@@ -6,6 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bench.degrade import pitch_shift
 from bench.synthetic import song, wav_bytes
 from earmark import Earmark
 from earmark.v1 import common_pb2, search_pb2, search_pb2_grpc
@@ -68,6 +69,20 @@ def test_neural_alone_finds_the_track_in_milvus(
     assert list(best.methods) == [NEURAL]
     assert best.offset_s == pytest.approx(12.0, abs=1.0)
     assert reply.postings == 0  # no landmark lookup was made
+
+
+def test_neural_pitch_views_find_a_transposed_clip(
+    stack: StackInfo, fused_catalog: dict[int, str]
+) -> None:
+    """Pitched up 1.2 semitones with the tempo kept, the clip's plain vectors miss;
+    the pitch views (a second extraction) find it and say by how much."""
+    clip = pitch_shift(song(8302, seconds=30)[8 * SR : 14 * SR], SR, 1.2)
+    reply = identify(stack, clip, NEURAL)
+    assert reply.matches, "transposed clip not identified"
+    best = reply.matches[0]
+    assert best.track.track_id == fused_catalog[8302]
+    assert best.frequency_scale == pytest.approx(2 ** (1 / 12), rel=1e-6)
+    assert best.offset_s == pytest.approx(8.0, abs=1.0)
 
 
 def test_out_of_catalog_clip_matches_nothing_fused(

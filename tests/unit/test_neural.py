@@ -15,6 +15,7 @@ from earmark_fingerprint.neural import (
     default_embedder,
     default_providers,
     hop_frames,
+    pitch_view_scales,
 )
 
 SR = fe.SAMPLE_RATE_HZ
@@ -103,3 +104,46 @@ def test_mel_filters_cover_the_band() -> None:
     bins_hz = np.arange(mel.shape[0]) * SR / fe.N_FFT
     used = bins_hz[mel.sum(axis=1) > 0]
     assert used.min() >= fe.F_MIN_HZ - SR / fe.N_FFT and used.max() <= fe.F_MAX_HZ
+
+
+def test_scaled_mel_filters_follow_a_pitch_shift() -> None:
+    """A tone s times higher falls in the same band under mel_matrix(s) as the
+    original under mel_matrix(): what the pitch views and the training rely on."""
+    scale = 2.0 ** (1 / 12)
+    t = np.arange(SR) / SR
+
+    def tone(f0: float) -> np.ndarray:  # harmonics up to 3.5 kHz, 1/h amplitudes
+        hs = np.arange(1, int(3500 // f0) + 1)
+        return np.sum(np.sin(2 * np.pi * f0 * hs[:, None] * t) / hs[:, None], axis=0)
+
+    def profile(x: np.ndarray, s: float = 1.0) -> np.ndarray:
+        return np.maximum(fe.log_mel(x.astype(np.float32), s).mean(axis=0), -60.0)
+
+    for f0 in (233.0, 311.0, 415.0):
+        original = profile(tone(f0))
+        shifted = tone(f0 * scale)
+        undone = np.abs(profile(shifted, scale) - original).mean()
+        as_is = np.abs(profile(shifted) - original).mean()
+        assert undone < 0.5 * as_is
+    np.testing.assert_array_equal(fe.mel_matrix(1.0), fe.mel_matrix())
+    up = fe.mel_matrix(scale)
+    live = up.sum(axis=0) > 0
+    np.testing.assert_allclose(up.sum(axis=0)[live], 1.0, rtol=1e-5)
+    with pytest.raises(ValueError):
+        fe.mel_matrix(3.0)
+
+
+def test_pitch_view_undoes_a_speed_change(embedder: NeuralEmbedder) -> None:
+    """A song played 6 % fast (pitch up a semitone) is closer to its own
+    segments when read through the matching pitch view than as it is."""
+    own = song(21, 12.0, SR) * 0.5
+    catalog = embedder.embed(own, hop_s=0.125)
+    fast = np.interp(np.arange(0, own.size - 1, 1.06), np.arange(own.size), own)
+    clip = fast[SR : 6 * SR].astype(np.float32)  # starts 1.06 s into the song
+    plain = embedder.embed(clip, hop_s=0.5)
+    view = embedder.embed(clip, hop_s=0.5, freq_scale=pitch_view_scales([1.0])[0])
+    # Query segment j starts at 1.06 (1 + 0.5 j) s in the song (0.125 s catalog grid).
+    rows = np.round((1.0 + 0.5 * np.arange(plain.times_s.size)) * 1.06 / 0.125).astype(int)
+    sim_plain = np.sum(plain.vectors * catalog.vectors[rows], axis=1)
+    sim_view = np.sum(view.vectors * catalog.vectors[rows], axis=1)
+    assert sim_view.mean() > sim_plain.mean() + 0.15

@@ -10,9 +10,12 @@ from earmark_search.vector_matching import (
     Calibration,
     ExactIndex,
     Hit,
+    QueryView,
     decide,
     rank_tracks,
+    rank_views,
     score_candidates,
+    score_views,
 )
 
 DIM = 128
@@ -124,3 +127,37 @@ def test_speed_changed_clip_stays_aligned() -> None:
     # Held to speed 1.0 the same hits drift out of the window.
     plain = score_candidates(qt, hits, catalog_hop_s=0.25, speeds=(1.0,))[0]
     assert plain.aligned < qt.size
+
+
+def test_pitch_views_search_once_and_keep_the_view_that_aligns(
+    catalog: tuple[ExactIndex, dict[int, np.ndarray]],
+) -> None:
+    """Only one view of the clip resembles the catalog (as a pitch-shifted clip's
+    right view would): its track wins, tagged with that view's scale, after one
+    search call for all views."""
+    index, tracks = catalog
+    rng = np.random.default_rng(4)
+    times = np.arange(8) * HOP
+    wrong = [QueryView(s, times, unit(rng.standard_normal((8, DIM)))) for s in (1.0, 0.97)]
+    right = QueryView(1.03, times, noisy(tracks[9][60:68], level=0.8, seed=5))
+    calls: list[int] = []
+
+    def search(vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        calls.append(len(vectors))
+        return index.search(vectors, k)
+
+    candidates, floor = score_views([*wrong, right], search, k=10, catalog_hop_s=HOP)
+    assert calls == [24]
+    assert [c.track_key for c in candidates].count(9) == 1  # one candidate per track
+    best = candidates[0]
+    assert (best.track_key, best.frequency_scale) == (9, 1.03)
+    assert abs(best.offset_s - 30.0) < HOP / 2
+    assert 0.0 < floor < best.score
+    loose = Calibration(-10.0, 10.0, 10.0, 0.0, min_confidence=0.5)
+    (match,) = rank_views([*wrong, right], index.search, k=10, catalog_hop_s=HOP,
+                          calibration=loose)  # fmt: skip
+    assert (match.track_key, match.frequency_scale) == (9, 1.03)
+    # Views of noise alone match nothing under the shipped calibration.
+    assert rank_views(wrong, index.search, k=10, catalog_hop_s=HOP) == []
+    assert score_views([QueryView(1.0, np.zeros(0), np.zeros((0, DIM), np.float32))],
+                       search, k=10) == ([], 0.0)  # fmt: skip

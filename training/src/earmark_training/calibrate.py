@@ -33,10 +33,24 @@ import numpy.typing as npt
 
 from bench.corpus import DEFAULT_CORPUS_DIR
 from bench.degrade import DEFAULT_LENGTHS
-from earmark_fingerprint.neural import CATALOG_HOP_S, NeuralEmbedder, model_path
+from earmark_fingerprint.neural import (
+    CATALOG_HOP_S,
+    PITCH_VIEW_SEMITONES,
+    NeuralEmbedder,
+    model_path,
+    pitch_view_scales,
+)
 from earmark_search.vector_matching import DEFAULT_K, Calibration
 from earmark_training.data import corpus_split
-from earmark_training.evalset import Scored, build_index, query_set, score_queries
+from earmark_training.evalset import (
+    Scored,
+    accepted,
+    build_index,
+    query_set,
+    score_queries,
+    to_records,
+    two_stage,
+)
 
 CALIBRATION_SEED = 1
 
@@ -64,11 +78,51 @@ def fit_logistic(
     return w
 
 
+def fit(scored: list[Scored], target_fp: float) -> tuple[Calibration, dict[str, int]]:
+    """Logistic weights on (score, margin, ln segments), then the threshold that
+    accepts at most ``target_fp`` of the negatives."""
+    y = np.array(
+        [(not s.query.negative) and s.track_id == s.query.track_id for s in scored], dtype=float
+    )
+    x = features(scored)
+    w = fit_logistic(x, y)
+    cal = Calibration(float(w[0]), float(w[1]), float(w[2]), float(w[3]), 0.5)
+    neg = np.array([s.query.negative for s in scored])
+    conf = cal.confidence(x[:, 0], x[:, 1], [s.segments for s in scored])
+    neg_conf = np.sort(conf[neg])
+    allowed = int(np.floor(target_fp * neg_conf.size))
+    # Accept only above the (allowed+1)-th highest negative confidence.
+    threshold = float(neg_conf[-(allowed + 1)]) if neg_conf.size > allowed else 0.5
+    threshold = max(0.5, float(np.nextafter(threshold, 1.0)))
+    cal = Calibration(cal.bias, cal.w_score, cal.w_margin, cal.w_log_n, threshold)
+    ok = conf >= threshold
+    return cal, {
+        "queries": len(scored),
+        "negatives": int(neg.sum()),
+        "negatives_accepted": int(np.sum(ok & neg)),
+        "positives_right_and_accepted": int(np.sum(ok & (y == 1))),
+        "positives": int(np.sum(~neg)),
+        "positives_wrong_track_accepted": int(np.sum(ok & ~neg & (y == 0))),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m earmark_training.calibrate", description=__doc__)
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS_DIR)
     ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: shipped)")
     ap.add_argument("--target-fp", type=float, default=0.002)
+    ap.add_argument(
+        "--pitch-views",
+        type=lambda s: [float(x) for x in s.split(",") if x],
+        default=list(PITCH_VIEW_SEMITONES),
+        help="semitones of the pitch views to fit a second calibration for ('' for none)",
+    )
+    ap.add_argument(
+        "--pitched-target-fp",
+        type=float,
+        default=0.001,
+        help="share of the negatives the plain search rejected that the pitch views may accept",
+    )
     ap.add_argument("--k", type=int, default=DEFAULT_K)
     ap.add_argument("--cache", type=Path, default=Path("/work/runs/cache"))
     ap.add_argument("--out", type=Path, default=None, help="write the constants as JSON here")
@@ -92,32 +146,30 @@ def main(argv: list[str] | None = None) -> int:
         log=log,
     )
     scored = score_queries(embedder, index, queries, k=args.k, catalog_hop_s=CATALOG_HOP_S)
-    y = np.array(
-        [(not s.query.negative) and s.track_id == s.query.track_id for s in scored], dtype=float
-    )
-    x = features(scored)
-    w = fit_logistic(x, y)
-    cal = Calibration(float(w[0]), float(w[1]), float(w[2]), float(w[3]), 0.5)
-    neg = np.array([s.query.negative for s in scored])
-    conf = cal.confidence(x[:, 0], x[:, 1], [s.segments for s in scored])
-    neg_conf = np.sort(conf[neg])
-    allowed = int(np.floor(args.target_fp * neg_conf.size))
-    # Accept only above the (allowed+1)-th highest negative confidence.
-    threshold = float(neg_conf[-(allowed + 1)]) if neg_conf.size > allowed else 0.5
-    threshold = max(0.5, float(np.nextafter(threshold, 1.0)))
-    cal = Calibration(cal.bias, cal.w_score, cal.w_margin, cal.w_log_n, threshold)
-    accepted = conf >= threshold
-    summary = {
-        "calibration": asdict(cal),
-        "queries": len(scored),
-        "negatives": int(neg.sum()),
-        "negatives_accepted": int(np.sum(accepted & neg)),
-        "positives_right_and_accepted": int(np.sum(accepted & (y == 1))),
-        "positives": int(np.sum(~neg)),
-        "positives_wrong_track_accepted": int(np.sum(accepted & ~neg & (y == 0))),
-        "k": args.k,
-        "model": str(embedder.path.name),
-    }
+    cal, summary = fit(scored, args.target_fp)
+    result: dict[str, object] = {"calibration": asdict(cal), **summary}
+    if args.pitch_views:
+        pitched = score_queries(
+            embedder,
+            index,
+            queries,
+            k=args.k,
+            catalog_hop_s=CATALOG_HOP_S,
+            freq_scales=[1.0, *pitch_view_scales(args.pitch_views)],
+        )
+        # The pitch views only see the clips the plain search did not accept.
+        rest = [i for i, s in enumerate(scored) if not accepted(s, cal)[0]]
+        pitched_cal, pitched_summary = fit([pitched[i] for i in rest], args.pitched_target_fp)
+        result["pitched_calibration"] = asdict(pitched_cal)
+        result["pitched"] = {"pitch_views_semitones": args.pitch_views, **pitched_summary}
+        both = to_records(two_stage(scored, pitched, cal, pitched_cal))
+        result["two_stage"] = {
+            "negatives_accepted": sum(r.negative and r.predicted_track is not None for r in both),
+            "positives_right_and_accepted": sum(
+                (not r.negative) and r.predicted_track == r.track_id for r in both
+            ),
+        }
+    summary = {**result, "k": args.k, "model": str(embedder.path.name)}
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2) + "\n")

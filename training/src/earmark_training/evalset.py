@@ -26,9 +26,11 @@ from bench.report import QueryRecord
 from earmark_fingerprint.neural import QUERY_HOP_S, NeuralEmbedder
 from earmark_search.vector_matching import (
     DEFAULT_CALIBRATION,
+    PITCHED_CALIBRATION,
     Calibration,
     ExactIndex,
-    score_candidates,
+    QueryView,
+    score_views,
 )
 
 SR = 8000
@@ -187,6 +189,7 @@ class Scored:
     score: float
     margin: float
     segments: int
+    frequency_scale: float = 1.0
 
 
 def score_queries(
@@ -197,15 +200,20 @@ def score_queries(
     k: int,
     catalog_hop_s: float,
     query_hop_s: float = QUERY_HOP_S,
+    freq_scales: Sequence[float] = (1.0,),
 ) -> list[Scored]:
+    """Each query's best candidate over its views (the clip embedded at each of
+    ``freq_scales``), with the margin to the best other track."""
     out: list[Scored] = []
     for q in queries:
-        emb = embedder.embed(q.audio, query_hop_s)
-        hits = catalog.index.search(emb.vectors, k)
-        cands = score_candidates(emb.times_s, hits, catalog_hop_s=catalog_hop_s)
-        floor = float(np.mean([min((h[2] for h in hs), default=0.0) for hs in hits]))
+        views = []
+        for scale in freq_scales:
+            emb = embedder.embed(q.audio, query_hop_s, scale)
+            views.append(QueryView(scale, emb.times_s, emb.vectors))
+        cands, floor = score_views(views, catalog.index.search, k=k, catalog_hop_s=catalog_hop_s)
+        segments = views[0].times_s.size
         if not cands:
-            out.append(Scored(q, None, 0.0, floor, 0.0, emb.times_s.size))
+            out.append(Scored(q, None, 0.0, floor, 0.0, segments))
             continue
         best = cands[0]
         runner = cands[1].score if len(cands) > 1 else floor
@@ -217,26 +225,51 @@ def score_queries(
                 best.score,
                 best.score - runner,
                 best.segments,
+                best.frequency_scale,
             )
         )
     return out
 
 
+def accepted(s: Scored, calibration: Calibration) -> tuple[bool, float]:
+    conf = float(calibration.confidence(s.score, s.margin, s.segments))
+    return s.track_id is not None and conf >= calibration.min_confidence, conf
+
+
+def two_stage(
+    plain: Sequence[Scored],
+    pitched: Sequence[Scored],
+    calibration: Calibration = DEFAULT_CALIBRATION,
+    pitched_calibration: Calibration = PITCHED_CALIBRATION,
+) -> list[tuple[Scored, Calibration]]:
+    """The search service's decision: the clip as it is first; only if that is
+    not confident, the best over the pitch views, under their own calibration."""
+    out = []
+    for p, v in zip(plain, pitched, strict=True):
+        if p.query.query_id != v.query.query_id:
+            raise ValueError("plain and pitched scores are of different queries")
+        ok, _ = accepted(p, calibration)
+        out.append((p, calibration) if ok else (v, pitched_calibration))
+    return out
+
+
 def to_records(
-    scored: Sequence[Scored], calibration: Calibration = DEFAULT_CALIBRATION
+    scored: Sequence[Scored] | Sequence[tuple[Scored, Calibration]],
+    calibration: Calibration = DEFAULT_CALIBRATION,
 ) -> list[QueryRecord]:
-    """bench.report records, with the calibrated decision applied (no match = None)."""
+    """bench.report records, with the calibrated decision applied (no match = None);
+    items may carry their own calibration (``two_stage``)."""
     recs = []
-    for s in scored:
+    for item in scored:
+        s, cal = item if isinstance(item, tuple) else (item, calibration)
         q = s.query
-        conf = float(calibration.confidence(s.score, s.margin, s.segments))
-        accepted = s.track_id is not None and conf >= calibration.min_confidence
+        ok, conf = accepted(s, cal)
         recs.append(
             QueryRecord.answered(
                 q,
-                predicted_track=s.track_id if accepted else None,
-                predicted_offset_s=s.offset_s if accepted else None,
-                confidence=conf if accepted else None,
+                predicted_track=s.track_id if ok else None,
+                predicted_offset_s=s.offset_s if ok else None,
+                confidence=conf if ok else None,
                 score=s.score,
             )
         )

@@ -31,10 +31,30 @@ import numpy as np
 from bench import report
 from bench.corpus import DEFAULT_CORPUS_DIR, decode_audio
 from bench.degrade import DEFAULT_LENGTHS
-from earmark_fingerprint.neural import CATALOG_HOP_S, QUERY_HOP_S, NeuralEmbedder, model_path
-from earmark_search.vector_matching import DEFAULT_CALIBRATION, DEFAULT_K, Calibration
+from earmark_fingerprint.neural import (
+    CATALOG_HOP_S,
+    PITCH_VIEW_SEMITONES,
+    QUERY_HOP_S,
+    NeuralEmbedder,
+    model_path,
+    pitch_view_scales,
+)
+from earmark_search.vector_matching import (
+    DEFAULT_CALIBRATION,
+    DEFAULT_K,
+    PITCHED_CALIBRATION,
+    Calibration,
+)
 from earmark_training.data import corpus_split
-from earmark_training.evalset import CatalogIndex, build_index, query_set, score_queries, to_records
+from earmark_training.evalset import (
+    CatalogIndex,
+    Scored,
+    build_index,
+    query_set,
+    score_queries,
+    to_records,
+    two_stage,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 BENCHMARKS = REPO / "docs" / "benchmarks.md"
@@ -51,12 +71,18 @@ def landmark_top1(path: Path = BENCHMARKS) -> dict[str, dict[str, float]]:
         return {}
     lines = text[start:].splitlines()[2:]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
+    # Per-method tables head their columns "1 s L", "1 s N", ...: keep landmarks ("L").
+    columns = {
+        i: h.removesuffix(" L")
+        for i, h in enumerate(header)
+        if i > 0 and (h.endswith(" L") or h.endswith(" s"))
+    }
     table: dict[str, dict[str, float]] = {}
     for line in lines[2:]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
-        table[cells[0]] = {h: float(v) for h, v in zip(header[1:], cells[1:], strict=False)}
+        table[cells[0]] = {h: float(cells[i]) for i, h in columns.items() if i < len(cells)}
     return table
 
 
@@ -166,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--conditions", type=lambda s: s.split(","), default=None)
     ap.add_argument(
+        "--pitch-views",
+        type=lambda s: [float(x) for x in s.split(",") if x],
+        default=list(PITCH_VIEW_SEMITONES),
+        help="semitones: a clip not confidently matched as it is is searched again read at "
+        "each of these pitch offsets, as the service does ('' for none)",
+    )
+    ap.add_argument(
         "--calibration",
         type=Path,
         default=None,
@@ -211,12 +244,29 @@ def main(argv: list[str] | None = None) -> int:
         catalog_hop_s=args.catalog_hop,
         query_hop_s=args.query_hop,
     )
-    log(f"scored {len(scored)} queries in {time.monotonic() - t0:.0f} s")
-    calibration = DEFAULT_CALIBRATION
+    calibration, pitched_calibration = DEFAULT_CALIBRATION, PITCHED_CALIBRATION
     if args.calibration:
-        calibration = Calibration(**json.loads(args.calibration.read_text())["calibration"])
-    records = to_records(scored, calibration)
-    raw = to_records(scored, replace(calibration, min_confidence=0.0))
+        fitted = json.loads(args.calibration.read_text())
+        calibration = Calibration(**fitted["calibration"])
+        pitched_calibration = Calibration(
+            **fitted.get("pitched_calibration", fitted["calibration"])
+        )
+    decisions: list[tuple[Scored, Calibration]] = [(s, calibration) for s in scored]
+    best = scored
+    if args.pitch_views:
+        best = score_queries(
+            embedder,
+            catalog,
+            queries,
+            k=args.k,
+            catalog_hop_s=args.catalog_hop,
+            query_hop_s=args.query_hop,
+            freq_scales=[1.0, *pitch_view_scales(args.pitch_views)],
+        )
+        decisions = two_stage(scored, best, calibration, pitched_calibration)
+    log(f"scored {len(scored)} queries in {time.monotonic() - t0:.0f} s")
+    records = to_records(decisions)
+    raw = to_records(best, replace(calibration, min_confidence=0.0))
     speed = embedding_speed(embedder, catalog, catalog_tracks)
     hours = catalog.audio_s / 3600
     raw_bytes = catalog.segments * (embedder.dim * 4 + 8 + 8 + 4)
@@ -229,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `python -m earmark_training.evaluate {' '.join(argv)}`",
         f"- model: `{embedder.path.name}` ({embedder.meta.get('parameters')} parameters, "
         f"dim {embedder.dim}); k={args.k}, catalog hop {args.catalog_hop:g} s, "
-        f"query hop {args.query_hop:g} s; exact search; {calibration}",
+        f"query hop {args.query_hop:g} s; pitch views {args.pitch_views} st; exact search; "
+        f"{calibration}; pitch views: {pitched_calibration}",
         f"- catalog: {len(catalog_tracks)} tracks, {hours:.2f} h, {catalog.segments} segments "
         f"({len(seen)} tracks seen in training, {len(catalog_tracks) - len(seen)} unseen); "
         f"held out (negatives): {len(split.held_out)} tracks",

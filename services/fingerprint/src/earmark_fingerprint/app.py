@@ -14,7 +14,13 @@ from earmark_runtime.blobs import BlobNotFoundError
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
 
-from .extraction import fingerprint, neural_fingerprint, rescaled_fingerprints, samples_of
+from .extraction import (
+    fingerprint,
+    neural_fingerprint,
+    rescaled_fingerprints,
+    rescaled_neural_fingerprints,
+    samples_of,
+)
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = fingerprint_pb2.DESCRIPTOR.services_by_name["FingerprintService"].full_name
@@ -51,12 +57,19 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "rescale applies to queries, not to indexing"
             )
+        if request.neural_rescale and not (query and request.neural):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "neural_rescale applies to queries that ask for neural, not to indexing",
+            )
         landmarks = await fingerprint(samples, query=query)
         response = fingerprint_pb2.ExtractFingerprintResponse(landmarks=landmarks)
         if request.rescale:
             response.rescaled.extend(await rescaled_fingerprints(samples))
         if request.neural:
             response.neural.CopyFrom(await neural_fingerprint(samples, query=query))
+        if request.neural_rescale:
+            response.neural_rescaled.extend(await rescaled_neural_fingerprints(samples))
         return response
 
 

@@ -18,7 +18,7 @@ from .landmarks import (
     extract_query_landmarks,
     extract_rescaled_query_landmarks,
 )
-from .neural import CATALOG_HOP_S, MODEL_NAME, QUERY_HOP_S, default_embedder
+from .neural import CATALOG_HOP_S, MODEL_NAME, QUERY_HOP_S, default_embedder, pitch_view_scales
 
 
 def to_proto(landmarks: Landmarks) -> common_pb2.LandmarkFingerprint:
@@ -78,12 +78,14 @@ async def rescaled_fingerprints(samples: np.ndarray) -> list[fingerprint_pb2.Sca
     ]
 
 
-async def neural_fingerprint(samples: np.ndarray, *, query: bool) -> common_pb2.NeuralFingerprint:
+async def neural_fingerprint(
+    samples: np.ndarray, *, query: bool, freq_scale: float = 1.0
+) -> common_pb2.NeuralFingerprint:
     """Neural segments: every CATALOG_HOP_S for a track, a denser hop for a query so
     that one of its segments lies near each catalog segment."""
     embedder = await asyncio.to_thread(default_embedder)
     hop_s = QUERY_HOP_S if query else CATALOG_HOP_S
-    emb = await asyncio.to_thread(embedder.embed, samples, hop_s)
+    emb = await asyncio.to_thread(embedder.embed, samples, hop_s, freq_scale)
     return common_pb2.NeuralFingerprint(
         model=MODEL_NAME,
         dim=embedder.dim,
@@ -91,3 +93,14 @@ async def neural_fingerprint(samples: np.ndarray, *, query: bool) -> common_pb2.
         vectors=np.ascontiguousarray(emb.vectors, dtype="<f4").tobytes(),
         times=np.ascontiguousarray(emb.times_s, dtype="<f4").tobytes(),
     )
+
+
+async def rescaled_neural_fingerprints(samples: np.ndarray) -> list[fingerprint_pb2.ScaledNeural]:
+    """The query's segment vectors at each pitch view (neural.PITCH_VIEW_SEMITONES)."""
+    return [
+        fingerprint_pb2.ScaledNeural(
+            frequency_scale=scale,
+            neural=await neural_fingerprint(samples, query=True, freq_scale=scale),
+        )
+        for scale in pitch_view_scales()
+    ]

@@ -35,6 +35,12 @@ MODEL_NAME: Final = "nafp-small-v1"
 # top-1 85 % vs 73 % (docs/neural.md); the index doubles to ~7.6 MB/h.
 CATALOG_HOP_S: Final = 0.25
 QUERY_HOP_S: Final = 0.125
+# A clip that matches nothing as it is is searched again read at these pitch
+# offsets (semitones): radio speed-ups, vinyl, transposed covers. Spaced 0.5 st,
+# so no shift within +-1.25 st is more than 0.25 st from a view, well inside
+# what training's speed augmentation covers. Measured on the benchmark
+# (docs/neural.md): pitch +-1 st at 1 s from 25-36 % to 96-98 % top-1.
+PITCH_VIEW_SEMITONES: Final = (-1.0, -0.5, 0.5, 1.0)
 DEFAULT_BATCH: Final = 256
 SAMPLE_RATE_HZ: Final = fe.SAMPLE_RATE_HZ
 
@@ -81,6 +87,11 @@ class Embeddings:
     vectors: FloatArray  # [n, dim], unit length
 
 
+def pitch_view_scales(semitones: Sequence[float] = PITCH_VIEW_SEMITONES) -> list[float]:
+    """Frontend frequency scales of the pitch views (``embed(..., freq_scale=)``)."""
+    return [float(2.0 ** (st / 12.0)) for st in semitones]
+
+
 class NeuralEmbedder:
     """One ONNX Runtime session; ``embed`` is thread-safe (ONNX Runtime's ``run`` is)."""
 
@@ -118,11 +129,16 @@ class NeuralEmbedder:
             (out[lo : lo + batch.shape[0]],) = self.session.run(None, {self._input: batch})
         return out
 
-    def embed(self, samples: npt.ArrayLike, hop_s: float = CATALOG_HOP_S) -> Embeddings:
+    def embed(
+        self, samples: npt.ArrayLike, hop_s: float = CATALOG_HOP_S, freq_scale: float = 1.0
+    ) -> Embeddings:
         """Segments of 8 kHz mono float audio every ``hop_s`` and their vectors.
 
         Audio shorter than one segment (1.03 s) is padded with silence, so a
         1 s clip still gives one vector; otherwise only whole segments count.
+        ``freq_scale`` reads the audio as if pitched down by that factor
+        (``neural_frontend.mel_matrix``): a query pitched up by s is embedded as
+        its original with ``freq_scale=s``.
         """
         x = np.asarray(samples, dtype=np.float32)
         if x.ndim != 1:
@@ -131,7 +147,7 @@ class NeuralEmbedder:
             return Embeddings(np.zeros(0), np.zeros((0, self.dim), dtype=np.float32))
         if x.size < fe.SEGMENT_SAMPLES:
             x = np.pad(x, (0, fe.SEGMENT_SAMPLES - x.size))
-        mel = fe.log_mel(x)
+        mel = fe.log_mel(x, freq_scale)
         starts = fe.segment_starts(mel.shape[0], hop_frames(hop_s))
         vectors = self.embed_segments(fe.segments(mel, starts))
         return Embeddings(fe.frame_time_s(starts), vectors)

@@ -32,6 +32,7 @@ from .identify import NeuralQuery, ScaledQuery, identify, postings_budget, scan_
 from .live import monitor_events
 from .live_landmarks import SAMPLE_RATE_HZ
 from .schema import MIGRATIONS, SCHEMA
+from .vector_matching import QueryView
 from .vectors import SegmentStore
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 self._catalog,
                 extracted.landmarks,
                 max(1, request.max_matches),
-                neural=neural_query(extracted.neural) if neural else None,
+                neural=self._neural_query(extracted.neural) if neural else None,
                 rescaled=lambda: self._rescaled(audio, context),
+                neural_rescaled=lambda: self._neural_rescaled(audio, context),
                 vector_search=self._segments.search if self._segments else None,
                 method=request.method,
             )
@@ -114,6 +116,32 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             for v in extracted.rescaled
         ]
 
+    def _neural_query(self, nf: common_pb2.NeuralFingerprint) -> NeuralQuery | None:
+        """The clip's vectors, unless another model made them than the one indexed."""
+        if self._segments is not None and nf.dim and nf.model != self._segments.model:
+            log.warning(
+                "neural search skipped: the fingerprint service embeds with %r, the index holds %r",
+                nf.model,
+                self._segments.model,
+            )
+            return None
+        return neural_query(nf)
+
+    async def _neural_rescaled(
+        self, audio: common_pb2.AudioInput, context: grpc.aio.ServicerContext
+    ) -> list[QueryView]:
+        """The clip's segment vectors at the fingerprinter's pitch views (a second
+        decode: only clips whose plain vectors matched nothing pay for it)."""
+        extracted = await self._fingerprint(
+            audio, context, self._ctx.settings.max_clip_s, neural=True, neural_rescale=True
+        )
+        views = []
+        for v in extracted.neural_rescaled:
+            query = self._neural_query(v.neural)
+            if query is not None:
+                views.append(QueryView(v.frequency_scale, query.times_s, query.vectors))
+        return views
+
     async def _extract(
         self,
         audio: common_pb2.AudioInput,
@@ -132,6 +160,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         *,
         rescale: bool = False,
         neural: bool = False,
+        neural_rescale: bool = False,
     ) -> fingerprint_pb2.ExtractFingerprintResponse:
         """One query extraction by the fingerprint service; its refusals pass through."""
         try:
@@ -143,6 +172,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                         max_duration_s=max_duration_s,
                         rescale=rescale,
                         neural=neural,
+                        neural_rescale=neural_rescale,
                     ),
                     timeout=300,
                 )
@@ -364,6 +394,13 @@ class Indexer:
         track = await self._catalog.get_track(event.submission.submission_id)
         if track is None:
             return
+        if nf.model != self._segments.model:
+            # Vectors of another model are meaningless in this collection. A rolling
+            # upgrade where fingerprint runs ahead of search: retry until both agree.
+            raise RuntimeError(
+                f"neural vectors of model {nf.model!r}, this search indexes "
+                f"{self._segments.model!r}: deploy the same model to fingerprint and search"
+            )
         vectors = np.frombuffer(nf.vectors, dtype="<f4").reshape(-1, nf.dim)
         times = np.frombuffer(nf.times, dtype="<f4")
         await asyncio.to_thread(self._segments.write_track, track.track_key, times, vectors)

@@ -61,7 +61,8 @@ def from_landmarks(
 
 def from_neural(matches: Sequence[VectorMatch]) -> list[FusedMatch]:
     return [
-        FusedMatch(m.track_key, m.offset_s, m.score, m.confidence, 1.0, (NEURAL,)) for m in matches
+        FusedMatch(m.track_key, m.offset_s, m.score, m.confidence, m.frequency_scale, (NEURAL,))
+        for m in matches
     ]
 
 

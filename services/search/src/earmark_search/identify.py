@@ -16,7 +16,7 @@ from . import fusion
 from .catalog import Catalog
 from .matching import DEFAULT_MIN_ALIGNED, DEFAULT_MIN_RATIO, MatchCandidate, rank_matches
 from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
-from .vector_matching import Hit, rank_tracks
+from .vector_matching import Hit, QueryView, rank_tracks, rank_views
 
 # A clip that matches nothing as it is gets a second chance at a dozen frequency
 # scales (sped up, slowed down, pitch-shifted). Each scale is another chance for
@@ -104,6 +104,7 @@ class NeuralQuery:
 
 
 RescaledLandmarks = Callable[[], Awaitable[Sequence[ScaledQuery]]]
+RescaledNeural = Callable[[], Awaitable[Sequence[QueryView]]]
 VectorSearch = Callable[[np.ndarray, int], Sequence[Sequence[Hit]]]
 
 AUTO: Final = search_pb2.IDENTIFY_METHOD_UNSPECIFIED
@@ -122,13 +123,14 @@ async def identify(
     rescaled: RescaledLandmarks | None = None,
     vector_search: VectorSearch | None = None,
     method: int = AUTO,
+    neural_rescaled: RescaledNeural | None = None,
 ) -> search_pb2.IdentifyResponse:
     """Landmarks (with the speed rescue) and/or neural search, fused.
 
     AUTO searches the neural index only when landmarks are not already certain;
     LANDMARKS and NEURAL use one method; FUSED always runs both. `rescaled`
     fetches the clip's rescaled landmarks, asked for only when the plain ones
-    match nothing.
+    match nothing; `neural_rescaled` likewise its pitch views' vectors.
     """
     hashes = np.frombuffer(landmarks.hashes, dtype="<u4")
     times = np.frombuffer(landmarks.times, dtype="<u4").astype(np.int64)
@@ -191,6 +193,13 @@ async def identify(
         found = await asyncio.to_thread(
             rank_tracks, neural.times_s, neural.vectors, vector_search, max_matches=max_matches
         )
+        if not found and neural_rescaled is not None:
+            views = await neural_rescaled()
+            if views:
+                plain = QueryView(1.0, neural.times_s, neural.vectors)
+                found = await asyncio.to_thread(
+                    rank_views, [plain, *views], vector_search, max_matches=max_matches
+                )
         response.timings.neural_ms = (time.perf_counter() - neural_started) * 1000
         return fusion.from_neural(found)
 

@@ -28,7 +28,7 @@ search (``ExactIndex``) or a test double can serve it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import numpy as np
@@ -84,6 +84,11 @@ DEFAULT_CALIBRATION: Final = Calibration(
 )
 
 
+# Fitted like DEFAULT_CALIBRATION, on the best candidate over the pitch views
+# (earmark_fingerprint.neural.PITCH_VIEWS_SEMITONES) of each calibration query.
+PITCHED_CALIBRATION: Final = DEFAULT_CALIBRATION
+
+
 @dataclass(frozen=True)
 class Candidate:
     track_key: int
@@ -92,6 +97,19 @@ class Candidate:
     aligned: int  # query segments with a neighbour at this alignment
     segments: int  # query segments in the clip
     speed: float = 1.0  # playback speed at the best alignment (1.05 = 5 % fast)
+    # The query view that scored it: the clip read as if its frequencies were
+    # divided by this (1.06 = the clip plays about a semitone high).
+    frequency_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class QueryView:
+    """A clip's segment vectors, embedded as if its frequencies were divided by
+    ``frequency_scale`` (``earmark_fingerprint.neural``, pitch views)."""
+
+    frequency_scale: float
+    times_s: npt.NDArray[np.float64]
+    vectors: FloatArray
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,7 @@ class VectorMatch:
     segments: int
     confidence: float
     speed: float = 1.0
+    frequency_scale: float = 1.0
 
 
 def hits_to_arrays(
@@ -189,6 +208,16 @@ def score_candidates(
     return out
 
 
+def best_per_track(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """One candidate per track, its best-scoring one, best track first (merges the
+    candidates of several query views, e.g. frequency scales)."""
+    best: dict[int, Candidate] = {}
+    for c in candidates:
+        if c.track_key not in best or c.score > best[c.track_key].score:
+            best[c.track_key] = c
+    return sorted(best.values(), key=lambda c: c.score, reverse=True)
+
+
 def decide(
     candidates: Sequence[Candidate],
     floor_score: float,
@@ -218,6 +247,7 @@ def decide(
                 cand.segments,
                 conf,
                 cand.speed,
+                cand.frequency_scale,
             )
         )
     return out
@@ -243,8 +273,56 @@ def rank_tracks(
         return []
     hits = search(vecs, k)
     candidates = score_candidates(qt, hits, catalog_hop_s=catalog_hop_s, speeds=speeds)
-    floor_score = float(np.mean([min((h[2] for h in hs), default=0.0) for hs in hits]))
-    return decide(candidates, floor_score, calibration, max_matches)
+    return decide(candidates, floor_score(hits), calibration, max_matches)
+
+
+def floor_score(hits: Sequence[Sequence[Hit]]) -> float:
+    """The no-alignment level: the mean of each segment's lowest returned similarity."""
+    return float(np.mean([min((h[2] for h in hs), default=0.0) for hs in hits]))
+
+
+def score_views(
+    views: Sequence[QueryView],
+    search: SearchFn,
+    *,
+    k: int = DEFAULT_K,
+    catalog_hop_s: float = DEFAULT_CATALOG_HOP_S,
+    speeds: Sequence[float] = DEFAULT_SPEEDS,
+) -> tuple[list[Candidate], float]:
+    """Every view's segments searched in one call and scored apart; each track's
+    best candidate over the views (best first), and the highest view floor."""
+    views = [v for v in views if v.times_s.size]
+    if not views:
+        return [], 0.0
+    hits = search(np.concatenate([np.asarray(v.vectors, np.float32) for v in views]), k)
+    candidates: list[Candidate] = []
+    floor = 0.0
+    lo = 0
+    for view in views:
+        view_hits = hits[lo : lo + view.times_s.size]
+        lo += view.times_s.size
+        for c in score_candidates(
+            view.times_s, view_hits, catalog_hop_s=catalog_hop_s, speeds=speeds
+        ):
+            candidates.append(replace(c, frequency_scale=view.frequency_scale))
+        floor = max(floor, floor_score(view_hits))
+    return best_per_track(candidates), floor
+
+
+def rank_views(
+    views: Sequence[QueryView],
+    search: SearchFn,
+    *,
+    k: int = DEFAULT_K,
+    catalog_hop_s: float = DEFAULT_CATALOG_HOP_S,
+    speeds: Sequence[float] = DEFAULT_SPEEDS,
+    calibration: Calibration = PITCHED_CALIBRATION,
+    max_matches: int = 1,
+) -> list[VectorMatch]:
+    """Confident matches over several pitch views of a clip. More views are more
+    chances for a chance alignment, hence a calibration fitted on view scores."""
+    candidates, floor = score_views(views, search, k=k, catalog_hop_s=catalog_hop_s, speeds=speeds)
+    return decide(candidates, floor, calibration, max_matches)
 
 
 class ExactIndex:

@@ -87,6 +87,7 @@ class SegmentStore:
         self.uri = uri
         self.lite = milvus.is_lite(uri)
         self.dim = dim
+        self.model = model
         self.collection = collection_name(model)
         self.index = index or index_for(uri)
         self._client = milvus.connect(uri)
