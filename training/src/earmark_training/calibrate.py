@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache,
         log=log,
     )
-    scored = score_queries(embedder, index, queries, k=args.k, catalog_hop_s=CATALOG_HOP_S)
+    scored = score_queries(embedder, index, queries, k=args.k, catalog_hop_s=CATALOG_HOP_S, log=log)
     cal, summary = fit(scored, args.target_fp)
     result: dict[str, object] = {"calibration": asdict(cal), **summary}
     if args.pitch_views:
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             k=args.k,
             catalog_hop_s=CATALOG_HOP_S,
             freq_scales=[1.0, *pitch_view_scales(args.pitch_views)],
+            log=log,
         )
         # The pitch views only see the clips the plain search did not accept.
         rest = [i for i, s in enumerate(scored) if not accepted(s, cal)[0]]

@@ -201,11 +201,16 @@ def score_queries(
     catalog_hop_s: float,
     query_hop_s: float = QUERY_HOP_S,
     freq_scales: Sequence[float] = (1.0,),
+    log: Callable[[str], None] | None = None,
 ) -> list[Scored]:
     """Each query's best candidate over its views (the clip embedded at each of
     ``freq_scales``), with the margin to the best other track."""
     out: list[Scored] = []
-    for q in queries:
+    started = time.monotonic()
+    for n, q in enumerate(queries, 1):
+        if log is not None and n % 1000 == 0:
+            log(f"  scored {n}/{len(queries)} ({len(freq_scales)} views) in "
+                f"{time.monotonic() - started:.0f} s")  # fmt: skip
         views = []
         for scale in freq_scales:
             emb = embedder.embed(q.audio, query_hop_s, scale)

@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         k=args.k,
         catalog_hop_s=args.catalog_hop,
         query_hop_s=args.query_hop,
+        log=log,
     )
     calibration, pitched_calibration = DEFAULT_CALIBRATION, PITCHED_CALIBRATION
     if args.calibration:
@@ -262,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             catalog_hop_s=args.catalog_hop,
             query_hop_s=args.query_hop,
             freq_scales=[1.0, *pitch_view_scales(args.pitch_views)],
+            log=log,
         )
         decisions = two_stage(scored, best, calibration, pitched_calibration)
     log(f"scored {len(scored)} queries in {time.monotonic() - t0:.0f} s")
