@@ -52,8 +52,10 @@ def test_write_rewrite_search_delete(store: SegmentStore) -> None:
     assert all(h[0][2] == pytest.approx(1.0, abs=1e-4) for h in hits)
     assert all(len(h) == 5 for h in hits)
 
+    assert store.has_track(11) and store.has_track(12) and not store.has_track(13)
     store.delete_track(11)
     assert store.count() == 30
+    assert not store.has_track(11)
     assert {hit[0] for hs in store.search(a[:5], k=10) for hit in hs} == {12}
 
 

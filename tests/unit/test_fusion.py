@@ -46,6 +46,10 @@ def test_a_weak_landmark_match_needs_the_neural_side_once_it_was_asked() -> None
     assert fuse([lm(1, 5.0, 0.7)], [], 3, neural_ran=True)[0].track_key == 1
     # Without a neural search (landmarks only, or no vector store) nothing is dropped.
     assert fuse([lm(1, 5.0, 0.6)], [], 3)[0].track_key == 1
+    # Nor when the neural index holds no vectors of the track (indexed before a
+    # model change): its silence says nothing there.
+    kept = fuse([lm(1, 5.0, 0.6), lm(4, 9.0, 0.6)], [], 3, neural_ran=True, without_vectors={4})
+    assert [m.track_key for m in kept] == [4]
 
 
 def test_disagreement_ranks_by_confidence() -> None:

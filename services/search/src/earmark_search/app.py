@@ -90,6 +90,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 rescaled=lambda: self._rescaled(audio, context),
                 neural_rescaled=lambda: self._neural_rescaled(audio, context),
                 vector_search=self._segments.search if self._segments else None,
+                vector_has_track=self._segments.has_track if self._segments else None,
                 method=request.method,
             )
             response.timings.extract_ms = (extracted_at - started) * 1000

@@ -10,7 +10,7 @@ sped-up clip (rescued landmarks) by the landmark side.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -72,11 +72,13 @@ def fuse(
     max_matches: int,
     *,
     neural_ran: bool = False,
+    without_vectors: Collection[int] = (),
 ) -> list[FusedMatch]:
     """One ranked list from both methods' matches, agreements merged.
 
     `neural_ran`: the neural search was asked (its silence is then evidence),
-    so a weak landmark match it does not confirm is dropped.
+    so a weak landmark match it does not confirm is dropped, unless its track
+    is in `without_vectors` (nothing the neural search could have found).
     """
     merged: list[FusedMatch] = []
     unused = list(neural)
@@ -90,7 +92,8 @@ def fuse(
             None,
         )
         if twin is None:
-            if not (neural_ran and lm.confidence < UNCONFIRMED_MIN):
+            unconfirmable = lm.track_key in without_vectors
+            if unconfirmable or not (neural_ran and lm.confidence < UNCONFIRMED_MIN):
                 merged.append(lm)
             continue
         unused.remove(twin)

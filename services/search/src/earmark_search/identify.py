@@ -124,6 +124,7 @@ async def identify(
     vector_search: VectorSearch | None = None,
     method: int = AUTO,
     neural_rescaled: RescaledNeural | None = None,
+    vector_has_track: Callable[[int], bool] | None = None,
 ) -> search_pb2.IdentifyResponse:
     """Landmarks (with the speed rescue) and/or neural search, fused.
 
@@ -204,7 +205,23 @@ async def identify(
         return fusion.from_neural(found)
 
     landmark_found, neural_found = await asyncio.gather(run_rescue(), run_neural())
-    fused = fusion.fuse(landmark_found, neural_found, max_matches, neural_ran=search_vectors)
+    without_vectors: set[int] = set()
+    if search_vectors and vector_has_track is not None:
+        # A weak landmark match the neural search did not confirm is dropped, but
+        # only if the neural index holds its track (after a model change it is
+        # empty until the catalog is re-indexed).
+        confirmed = {m.track_key for m in neural_found}
+        for lm in landmark_found:
+            weak = lm.confidence < fusion.UNCONFIRMED_MIN and lm.track_key not in confirmed
+            if weak and not await asyncio.to_thread(vector_has_track, lm.track_key):
+                without_vectors.add(lm.track_key)
+    fused = fusion.fuse(
+        landmark_found,
+        neural_found,
+        max_matches,
+        neural_ran=search_vectors,
+        without_vectors=without_vectors,
+    )
     if not fused:
         return response
     tracks = await catalog.tracks_by_key([m.track_key for m in fused])

@@ -128,6 +128,18 @@ class SegmentStore:
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
+    def has_track(self, track_key: int) -> bool:
+        """Whether any segment of the track is stored (a catalog indexed before the
+        neural model changed has none until it is re-indexed)."""
+        rows = self._client.query(
+            self.collection,
+            filter=f"track_key == {int(track_key)}",
+            output_fields=["pk"],
+            limit=1,
+            consistency_level="Strong",
+        )
+        return bool(rows)
+
     def write_track(self, track_key: int, times_s: npt.ArrayLike, vectors: npt.ArrayLike) -> int:
         """Make the track's rows exactly these segments; idempotent. Returns rows written."""
         times = np.asarray(times_s, dtype=np.float32)
