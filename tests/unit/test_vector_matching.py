@@ -157,6 +157,17 @@ def test_pitch_views_search_once_and_keep_the_view_that_aligns(
     (match,) = rank_views([*wrong, right], index.search, k=10, catalog_hop_s=HOP,
                           calibration=loose)  # fmt: skip
     assert (match.track_key, match.frequency_scale) == (9, 1.03)
+    # Hits of the first view already searched are reused, not searched again.
+    calls.clear()
+    plain_hits = index.search(wrong[0].vectors, 10)
+    again, _ = score_views([*wrong, right], search, k=10, catalog_hop_s=HOP, searched=plain_hits)
+    assert calls == [16]
+    assert [(c.track_key, c.frequency_scale) for c in again] == [
+        (c.track_key, c.frequency_scale) for c in candidates
+    ]
+    assert [c.score for c in again] == pytest.approx([c.score for c in candidates], abs=1e-6)
+    with pytest.raises(ValueError):
+        score_views([right], search, k=10, searched=plain_hits[:3])
     # Views of noise alone match nothing under the shipped calibration.
     assert rank_views(wrong, index.search, k=10, catalog_hop_s=HOP) == []
     assert score_views([QueryView(1.0, np.zeros(0), np.zeros((0, DIM), np.float32))],

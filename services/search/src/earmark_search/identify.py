@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
 import numpy as np
@@ -16,7 +17,7 @@ from . import fusion
 from .catalog import Catalog
 from .matching import DEFAULT_MIN_ALIGNED, DEFAULT_MIN_RATIO, MatchCandidate, rank_matches
 from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
-from .vector_matching import Hit, QueryView, rank_tracks, rank_views
+from .vector_matching import DEFAULT_K, Hit, QueryView, rank_tracks, rank_views
 
 # A clip that matches nothing as it is gets a second chance at a dozen frequency
 # scales (sped up, slowed down, pitch-shifted). Each scale is another chance for
@@ -190,16 +191,25 @@ async def identify(
     async def run_neural() -> list[fusion.FusedMatch]:
         if not search_vectors or neural is None or vector_search is None:
             return []
+        if neural.times_s.size == 0:
+            return []
         neural_started = time.perf_counter()
+        # The plain hits are searched once and reused by the pitch views' stage.
+        plain_hits = await asyncio.to_thread(vector_search, neural.vectors, DEFAULT_K)
         found = await asyncio.to_thread(
-            rank_tracks, neural.times_s, neural.vectors, vector_search, max_matches=max_matches
+            partial(rank_tracks, max_matches=max_matches, searched=plain_hits),
+            neural.times_s,
+            neural.vectors,
+            vector_search,
         )
         if not found and neural_rescaled is not None:
             views = await neural_rescaled()
             if views:
                 plain = QueryView(1.0, neural.times_s, neural.vectors)
                 found = await asyncio.to_thread(
-                    rank_views, [plain, *views], vector_search, max_matches=max_matches
+                    partial(rank_views, max_matches=max_matches, searched=plain_hits),
+                    [plain, *views],
+                    vector_search,
                 )
         response.timings.neural_ms = (time.perf_counter() - neural_started) * 1000
         return fusion.from_neural(found)

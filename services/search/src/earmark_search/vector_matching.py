@@ -268,15 +268,17 @@ def rank_tracks(
     speeds: Sequence[float] = DEFAULT_SPEEDS,
     calibration: Calibration = DEFAULT_CALIBRATION,
     max_matches: int = 1,
+    searched: Sequence[Sequence[Hit]] | None = None,
 ) -> list[VectorMatch]:
-    """Search every query segment in one call, score alignments, keep confident matches."""
+    """Search every query segment in one call, score alignments, keep confident matches.
+    ``searched``: the segments' hits when the caller has searched them already."""
     vecs = np.ascontiguousarray(query_vectors, dtype=np.float32)
     qt = np.asarray(query_times, dtype=np.float64)
     if vecs.ndim != 2 or vecs.shape[0] != qt.size:
         raise ValueError(f"{vecs.shape} vectors for {qt.size} query times")
     if qt.size == 0:
         return []
-    hits = search(vecs, k)
+    hits = search(vecs, k) if searched is None else searched
     candidates = score_candidates(qt, hits, catalog_hop_s=catalog_hop_s, speeds=speeds)
     return decide(candidates, floor_score(hits), calibration, max_matches)
 
@@ -300,15 +302,22 @@ def score_views(
     k: int = DEFAULT_K,
     catalog_hop_s: float = DEFAULT_CATALOG_HOP_S,
     speeds: Sequence[float] = DEFAULT_SPEEDS,
+    searched: Sequence[Sequence[Hit]] | None = None,
 ) -> tuple[list[Candidate], float]:
     """Every view's segments searched in one call and scored apart; each track's
     best candidate over the views (best first), and the highest view floor.
     ``speeds`` apply to the plain view (scale 1); a pitch view tries
-    ``view_speeds_for`` it."""
+    ``view_speeds_for`` it. ``searched``: the hits of ``views[0]``, when the
+    caller has them already (the plain search that came first)."""
+    if searched is not None and (not views or len(searched) != views[0].times_s.size):
+        raise ValueError("searched must hold the hits of the first view's segments")
     views = [v for v in views if v.times_s.size]
     if not views:
         return [], 0.0
-    hits = search(np.concatenate([np.asarray(v.vectors, np.float32) for v in views]), k)
+    rest = views[1:] if searched is not None else views
+    hits = list(searched or [])
+    if rest:
+        hits += search(np.concatenate([np.asarray(v.vectors, np.float32) for v in rest]), k)
     candidates: list[Candidate] = []
     floor = 0.0
     lo = 0
@@ -333,10 +342,13 @@ def rank_views(
     speeds: Sequence[float] = DEFAULT_SPEEDS,
     calibration: Calibration = PITCHED_CALIBRATION,
     max_matches: int = 1,
+    searched: Sequence[Sequence[Hit]] | None = None,
 ) -> list[VectorMatch]:
     """Confident matches over several pitch views of a clip. More views are more
     chances for a chance alignment, hence a calibration fitted on view scores."""
-    candidates, floor = score_views(views, search, k=k, catalog_hop_s=catalog_hop_s, speeds=speeds)
+    candidates, floor = score_views(
+        views, search, k=k, catalog_hop_s=catalog_hop_s, speeds=speeds, searched=searched
+    )
     return decide(candidates, floor, calibration, max_matches)
 
 
