@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         report.offset_table(summary),
         "",
-        "#### Best candidate is the right track, % (before the no-match decision)",
+        "#### Best candidate is the right track, % (over all views, before the no-match decision)",
         "",
         report.hit_table(report.summarize(raw)),
         "",
