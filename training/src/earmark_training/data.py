@@ -334,8 +334,8 @@ class PairMaker:
             anchors[i] = self.anchor(track, start)
             positives[i] = self.positive(track, start, rng)
             scales[i] = self.pitch_scale(rng)
-        mel_positives = fe.log_mel_batch(positives)
-        for scale in np.unique(scales[scales != 1.0]):
+        mel_positives = np.empty((pairs, fe.N_MELS, fe.SEGMENT_FRAMES), dtype=np.float32)
+        for scale in np.unique(scales):
             # A view pitched up by s reads as the original under bands scaled by s,
             # so bands scaled by 1 / s make the clean view sound pitched up by s.
             sel = scales == scale

@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         and (args.conditions is None or q.condition in args.conditions)
     ]
     t0 = time.monotonic()
-    scored = score_queries(
+    score = partial(
+        score_queries,
         embedder,
         catalog,
         queries,
@@ -245,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         query_hop_s=args.query_hop,
         log=log,
     )
+    scored = score()
     calibration, pitched_calibration = DEFAULT_CALIBRATION, PITCHED_CALIBRATION
     if args.calibration:
         fitted = json.loads(args.calibration.read_text())
@@ -255,16 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     decisions: list[tuple[Scored, Calibration]] = [(s, calibration) for s in scored]
     best = scored
     if args.pitch_views:
-        best = score_queries(
-            embedder,
-            catalog,
-            queries,
-            k=args.k,
-            catalog_hop_s=args.catalog_hop,
-            query_hop_s=args.query_hop,
-            freq_scales=[1.0, *pitch_view_scales(args.pitch_views)],
-            log=log,
-        )
+        best = score(freq_scales=[1.0, *pitch_view_scales(args.pitch_views)])
         decisions = two_stage(scored, best, calibration, pitched_calibration)
     log(f"scored {len(scored)} queries in {time.monotonic() - t0:.0f} s")
     records = to_records(decisions)

@@ -57,10 +57,10 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "rescale applies to queries, not to indexing"
             )
-        if request.neural_rescale and not (query and request.neural):
+        if request.neural_rescale and not query:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "neural_rescale applies to queries that ask for neural, not to indexing",
+                "neural_rescale applies to queries, not to indexing",
             )
         landmarks = await fingerprint(samples, query=query)
         response = fingerprint_pb2.ExtractFingerprintResponse(landmarks=landmarks)

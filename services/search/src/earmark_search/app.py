@@ -134,7 +134,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         """The clip's segment vectors at the fingerprinter's pitch views (a second
         decode: only clips whose plain vectors matched nothing pay for it)."""
         extracted = await self._fingerprint(
-            audio, context, self._ctx.settings.max_clip_s, neural=True, neural_rescale=True
+            audio, context, self._ctx.settings.max_clip_s, neural_rescale=True
         )
         views = []
         for v in extracted.neural_rescaled:

@@ -278,9 +278,15 @@ def rank_tracks(
         raise ValueError(f"{vecs.shape} vectors for {qt.size} query times")
     if qt.size == 0:
         return []
-    hits = search(vecs, k) if searched is None else searched
-    candidates = score_candidates(qt, hits, catalog_hop_s=catalog_hop_s, speeds=speeds)
-    return decide(candidates, floor_score(hits), calibration, max_matches)
+    candidates, floor = score_views(
+        [QueryView(1.0, qt, vecs)],
+        search,
+        k=k,
+        catalog_hop_s=catalog_hop_s,
+        speeds=speeds,
+        searched=searched,
+    )
+    return decide(candidates, floor, calibration, max_matches)
 
 
 def floor_score(hits: Sequence[Sequence[Hit]]) -> float:
