@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from earmark_search.fusion import LANDMARKS, NEURAL, FusedMatch, from_landmarks, fuse
+from earmark_search.fusion import (
+    LANDMARKS,
+    NEURAL,
+    UNCONFIRMED_MIN,
+    FusedMatch,
+    from_landmarks,
+    fuse,
+)
 from earmark_search.matching import MatchCandidate
 
 
@@ -35,20 +42,21 @@ def test_each_method_alone_answers_when_the_other_is_silent() -> None:
 
 
 def test_a_weak_landmark_match_needs_the_neural_side_once_it_was_asked() -> None:
+    weak, strong = UNCONFIRMED_MIN - 0.05, UNCONFIRMED_MIN
     # Asked and silent, or naming another track: a weak landmark match is dropped.
-    assert fuse([lm(1, 5.0, 0.6)], [], 3, neural_ran=True) == []
+    assert fuse([lm(1, 5.0, weak)], [], 3, neural_ran=True) == []
     assert [
-        m.track_key for m in fuse([lm(1, 5.0, 0.6)], [nn(2, 7.0, 0.5)], 3, neural_ran=True)
+        m.track_key for m in fuse([lm(1, 5.0, weak)], [nn(2, 7.0, 0.5)], 3, neural_ran=True)
     ] == [2]
     # Confirmed, or strong enough on its own, it stands.
-    (confirmed,) = fuse([lm(1, 5.0, 0.6)], [nn(1, 5.2, 0.5)], 3, neural_ran=True)
+    (confirmed,) = fuse([lm(1, 5.0, weak)], [nn(1, 5.2, 0.5)], 3, neural_ran=True)
     assert confirmed.methods == (LANDMARKS, NEURAL)
-    assert fuse([lm(1, 5.0, 0.7)], [], 3, neural_ran=True)[0].track_key == 1
+    assert fuse([lm(1, 5.0, strong)], [], 3, neural_ran=True)[0].track_key == 1
     # Without a neural search (landmarks only, or no vector store) nothing is dropped.
-    assert fuse([lm(1, 5.0, 0.6)], [], 3)[0].track_key == 1
+    assert fuse([lm(1, 5.0, weak)], [], 3)[0].track_key == 1
     # Nor when the neural index holds no vectors of the track (indexed before a
     # model change): its silence says nothing there.
-    kept = fuse([lm(1, 5.0, 0.6), lm(4, 9.0, 0.6)], [], 3, neural_ran=True, without_vectors={4})
+    kept = fuse([lm(1, 5.0, weak), lm(4, 9.0, weak)], [], 3, neural_ran=True, without_vectors={4})
     assert [m.track_key for m in kept] == [4]
 
 

@@ -19,12 +19,19 @@ from .matching import DEFAULT_MIN_ALIGNED, DEFAULT_MIN_RATIO, MatchCandidate, ra
 from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
 from .vector_matching import DEFAULT_K, Hit, QueryView, rank_tracks, rank_views
 
+# A clip with many landmarks (busy music, or longer than ~2 s) gives chance a
+# better shot: a held-out track of the same game (same samples, same tempo) can
+# line up 10-25 of them at one offset, 2-2.5x the next track. Such clips must
+# beat their runner-up by more; short clips keep the lower ratio, which their
+# true matches need (docs/landmarks.md, "Decision").
+LONG_CLIP_LANDMARKS: Final = 800
+LONG_CLIP_MIN_RATIO: Final = 2.5
 # A clip that matches nothing as it is gets a second chance at a dozen frequency
 # scales (sped up, slowed down, pitch-shifted). Each scale is another chance for
 # a chance alignment to pass, so the rescue asks for more evidence than a plain
-# match; with these values no held-out clip matched in docs/landmarks.md.
-RESCUE_MIN_ALIGNED: Final = 15
-RESCUE_MIN_RATIO: Final = 2.5
+# match (chosen with earmark_training.landmark_decision, docs/landmarks.md).
+RESCUE_MIN_ALIGNED: Final = 20
+RESCUE_MIN_RATIO: Final = 3.0
 # Clips with fewer landmarks than this cannot reach RESCUE_MIN_ALIGNED anyway.
 RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
 # Postings read per distinct query hash, on average, at most, at first: only the
@@ -37,6 +44,11 @@ POSTINGS_PER_QUERY_HASH: Final = 32
 
 def postings_budget(hashes: np.ndarray) -> int:
     return POSTINGS_PER_QUERY_HASH * int(np.unique(hashes).size)
+
+
+def plain_min_ratio(landmark_count: int) -> float:
+    """Score-to-runner-up ratio a plain (not rescued) match must reach."""
+    return LONG_CLIP_MIN_RATIO if landmark_count >= LONG_CLIP_LANDMARKS else DEFAULT_MIN_RATIO
 
 
 @dataclass(frozen=True)
@@ -146,7 +158,10 @@ async def identify(
         started = time.perf_counter()
         postings, left_out = await catalog.rarest_postings(hashes, postings_budget(hashes))
         looked_up = time.perf_counter()
-        ranked = await asyncio.to_thread(_confident_matches, hashes, times, postings, max_matches)
+        min_ratio = plain_min_ratio(hashes.size)
+        ranked = await asyncio.to_thread(
+            _confident_matches, hashes, times, postings, max_matches, min_ratio=min_ratio
+        )
         response.timings.lookup_ms = (looked_up - started) * 1000
         response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
         response.postings = len(postings[0])
@@ -155,7 +170,7 @@ async def identify(
             postings = await catalog.postings(hashes)
             looked_up = time.perf_counter()
             ranked = await asyncio.to_thread(
-                _confident_matches, hashes, times, postings, max_matches
+                _confident_matches, hashes, times, postings, max_matches, min_ratio=min_ratio
             )
             response.timings.lookup_ms += (looked_up - started) * 1000
             response.timings.match_ms += (time.perf_counter() - looked_up) * 1000

@@ -51,6 +51,9 @@ class MatchCandidate:
     offset_frames: int  # track_time - query_time at the best alignment
     score: int  # query landmarks aligned at that offset (+-1 frame tolerance)
     confidence: float  # calibrated-ish probability in [0, 1]
+    # What the score was compared with: the next track's score or the level
+    # random coincidences reach, whichever is higher (>= 1).
+    runner_up: float = 1.0
 
 
 def rank_matches(
@@ -191,6 +194,7 @@ def rank_matches(
                 offset_frames=int(cand_offset[rank]),
                 score=score,
                 confidence=match_confidence(score, runner_up),
+                runner_up=runner_up,
             )
         )
     return results
