@@ -8,6 +8,10 @@ track (fusion.UNCONFIRMED_MIN). Tracks only: offsets are not compared, so it
 is an approximation of `fusion.fuse`, good for choosing the threshold.
 
     python -m bench.fusion_replay records.jsonl [more.jsonl] --thresholds 0,0.6,0.7,0.8
+
+A later file's record of a (query, method) replaces an earlier one's, so the
+landmark records of `earmark_training.landmark_decision --records` can stand in
+for a run's landmark column.
 """
 
 from __future__ import annotations
@@ -54,6 +58,22 @@ def rates(queries: Sequence[dict[str, Record]], answer: Any) -> tuple[float, int
     return 100.0 * hits / max(positives, 1), false, negatives
 
 
+def short_cells(queries: Sequence[dict[str, Record]], answer: Any) -> list[str]:
+    """Condition x length cells where the fused answer is right less often than
+    the better of the two methods."""
+    tally: dict[tuple[str, float], list[int]] = {}
+    for q in queries:
+        truth = q["landmarks"]
+        if truth["negative"]:
+            continue
+        cell = tally.setdefault((truth["condition"], truth["length_s"]), [0, 0, 0])
+        for i, given in enumerate(
+            (q["landmarks"]["predicted_track"], q["neural"]["predicted_track"], answer(q))
+        ):
+            cell[i] += given == truth["track_id"]
+    return [f"{c} {n:g} s" for (c, n), (lm, nn, fu) in sorted(tally.items()) if fu < max(lm, nn)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fusion_replay", description=__doc__)
     ap.add_argument("records", type=Path, nargs="+")
@@ -73,20 +93,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("neural alone", lambda q: q["neural"]["predicted_track"]),
     ):
         top1, false, negatives = rates(queries, answer)
-        rows.append([name, f"{top1:.1f}", f"{100 * false / max(negatives, 1):.2f} ({false})"])
+        rows.append([name, f"{top1:.2f}", f"{100 * false / max(negatives, 1):.2f} ({false})"])
     for threshold in (float(t) for t in args.thresholds.split(",")):
-        top1, false, negatives = rates(
-            queries, lambda q, t=threshold: fused_answer(q["landmarks"], q["neural"], t)
-        )
+
+        def fused(q: dict[str, Record], t: float = threshold) -> str | None:
+            return fused_answer(q["landmarks"], q["neural"], t)
+
+        top1, false, negatives = rates(queries, fused)
+        short = short_cells(queries, fused)
         rows.append(
             [
                 f"landmark < {threshold:g} needs confirmation",
-                f"{top1:.1f}",
+                f"{top1:.2f}",
                 f"{100 * false / max(negatives, 1):.2f} ({false})",
+                f"{len(short)}: {', '.join(short)}" if short else "0",
             ]
         )
     print(f"{len(queries)} queries with both methods")
-    print(markdown_table(["rule", "top-1 %", "false positives % (n)"], rows))
+    header = ["rule", "top-1 %", "false positives % (n)", "cells where fused < better method"]
+    rows = [row + [""] * (len(header) - len(row)) for row in rows]
+    print(markdown_table(header, rows))
     return 0
 
 

@@ -201,6 +201,24 @@ def summary(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
+def write_records(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    with path.open("w") as out:
+        for r in rows:
+            m = service_decision(r)
+            record = {
+                "query_id": r["query_id"],
+                "method": "landmarks",
+                "condition": r["condition"],
+                "length_s": r["length_s"],
+                "negative": r["negative"],
+                "track_id": r["track_id"],
+                "predicted_track": m["track"] if m else None,
+                "confidence": m["confidence"] if m else None,
+                "score": m["score"] if m else None,
+            }
+            out.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m earmark_training.landmark_decision")
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS_DIR)
@@ -210,9 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--summary-only", action="store_true", help="only summarise an existing --out file"
     )
+    ap.add_argument(
+        "--records",
+        type=Path,
+        default=None,
+        help="also write the service rule's answers as bench records (bench.fusion_replay)",
+    )
     args = ap.parse_args(argv)
     if args.summary_only:
-        print(summary([json.loads(line) for line in args.out.read_text().splitlines()]))
+        rows = [json.loads(line) for line in args.out.read_text().splitlines()]
+        print(summary(rows))
+        if args.records:
+            write_records(rows, args.records)
         return 0
 
     def log(msg: str) -> None:
@@ -236,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
             out.write(json.dumps(replay(index, q)) + "\n")
             if (i + 1) % 500 == 0:
                 log(f"{i + 1}/{len(queries)} queries, {time.monotonic() - t0:.0f} s")
-    print(summary([json.loads(line) for line in args.out.read_text().splitlines()]))
+    rows = [json.loads(line) for line in args.out.read_text().splitlines()]
+    print(summary(rows))
+    if args.records:
+        write_records(rows, args.records)
     return 0
 
 
