@@ -117,10 +117,18 @@ def _log_spectrogram(
     """Returns (dB spectrogram, above-floor mask), both shaped (frames, bins)."""
     frames = sliding_window_view(x, N_FFT)[::HOP] * _WINDOW
     spec = scipy.fft.rfft(frames, axis=1)[:, MIN_BIN:MAX_BIN]
-    mag = np.abs(spec) * _MAG_SCALE
-    audible = mag > _FLOOR_LIN
+    del frames
+    db = np.abs(spec)
+    del spec
+    # The same float32 ufuncs as `20 * log10(max(|X| * scale, clamp))`, but in
+    # place: fresh multi-MB temporaries cost more in page faults than the maths.
+    # (An exactly aliased output keeps numpy on the same SIMD loops.)
+    db *= _MAG_SCALE
+    audible = db > _FLOOR_LIN
     # Clamping before the log keeps silence finite (no -inf, no warnings).
-    db = np.log10(np.maximum(mag, _CLAMP_LIN), dtype=np.float32) * np.float32(20.0)
+    np.maximum(db, _CLAMP_LIN, out=db)
+    np.log10(db, out=db)
+    db *= np.float32(20.0)
     return db, audible
 
 
@@ -143,14 +151,15 @@ def _find_peaks_subbin(
     if x.size < N_FFT:
         return empty
     db, audible = _log_spectrogram(x)
-    local_max = ndimage.maximum_filter(db, size=(PEAK_NBHD_FRAMES, PEAK_NBHD_BINS), mode="nearest")
+    local_max = _local_max(db)
     local_mean = ndimage.uniform_filter(db, size=(MEAN_NBHD_FRAMES, MEAN_NBHD_BINS), mode="nearest")
-    prominence = db - local_mean
-    is_peak = (db == local_max) & audible & (prominence >= MIN_PROMINENCE_DB)
-    t, b = np.nonzero(is_peak)  # row-major, hence already sorted by (frame, bin)
+    t, b = _nonzero_2d((db == local_max) & audible)  # row-major: sorted by (frame, bin)
+    # Prominence only where it is needed: local maxima are a few % of all cells.
+    prom = db[t, b] - local_mean[t, b]
+    prominent = prom >= MIN_PROMINENCE_DB
+    t, b, prom = t[prominent], b[prominent], prom[prominent]
     if t.size == 0:
         return empty
-    prom = prominence[t, b]
     keep = _thin_to_density(t, prom)
     t, b = t[keep], b[keep]
     return (
@@ -159,6 +168,82 @@ def _find_peaks_subbin(
         b.astype(np.int64) + MIN_BIN,
         _subbin_frequency(db, t, b) + MIN_BIN,
     )
+
+
+def _local_max(db: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``ndimage.maximum_filter(db, (PEAK_NBHD_FRAMES, PEAK_NBHD_BINS), mode="nearest")``.
+
+    Same values (a max is exact, whatever the order it is taken in), about 10x
+    faster: a separable sliding max by window doubling (max of 2, of 4, of 8 ...,
+    then two overlapping power-of-two windows cover any width), every step one
+    contiguous numpy op over the whole array, ping-ponging between two buffers.
+    Equality with scipy is pinned by tests/unit/test_landmarks_filters.py.
+    """
+    if np.isnan(db.max()):
+        # np.maximum propagates NaN, scipy's filter doesn't: keep its answer. Only
+        # samples near float32's range can overflow the FFT into NaN.
+        nan_max: npt.NDArray[np.float32] = ndimage.maximum_filter(
+            db, size=(PEAK_NBHD_FRAMES, PEAK_NBHD_BINS), mode="nearest"
+        )
+        return nan_max
+    n_frames, n_bins = db.shape
+    half_t, half_b = PEAK_NBHD_FRAMES // 2, PEAK_NBHD_BINS // 2
+    width = n_bins + 2 * half_b
+    # Edge replication on all sides == scipy's mode="nearest" per axis (corners
+    # included, since the max along frames of a replicated column is replicated).
+    padded = np.empty((n_frames + 2 * half_t, width), db.dtype)
+    body = padded[half_t : half_t + n_frames]
+    body[:, half_b : half_b + n_bins] = db
+    body[:, :half_b] = db[:, :1]
+    body[:, half_b + n_bins :] = db[:, -1:]
+    padded[:half_t] = body[0]
+    padded[half_t + n_frames :] = body[-1]
+    flat = padded.reshape(-1)
+    spare = np.empty_like(flat)
+    # Along frames a row is `width` elements apart; the result is the
+    # (n_frames, width) frame-filtered array, still padded along bins.
+    flat, spare, length = _sliding_max_flat(flat, spare, flat.size, PEAK_NBHD_FRAMES, width)
+    # Along bins, on the flattened array: windows that straddle two rows mix in
+    # the next row's padding, but only the n_bins windows that start at each
+    # row's first padded bin are read, and those lie within their row.
+    flat, _, length = _sliding_max_flat(flat, spare, length, PEAK_NBHD_BINS, 1)
+    assert length == n_frames * width - 2 * half_b
+    out: npt.NDArray[np.float32] = flat[: n_frames * width].reshape(n_frames, width)[:, :n_bins]
+    return out
+
+
+def _sliding_max_flat(
+    src: npt.NDArray[np.float32],
+    spare: npt.NDArray[np.float32],
+    length: int,
+    size: int,
+    step: int,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], int]:
+    """Max of ``size`` elements ``step`` apart, for each start in ``src[:length]``.
+
+    Returns (buffer holding the result, the other buffer, result length); the
+    result is ``length - (size - 1) * step`` long. After each step element i holds
+    the max of ``span`` elements from i; two windows of ``span`` that overlap or
+    touch combine into one of up to ``2 * span``.
+    """
+    span = 1
+    while span < size:
+        shift = min(span, size - span)
+        new_length = length - shift * step
+        np.maximum(src[:new_length], src[shift * step : length], out=spare[:new_length])
+        src, spare = spare, src
+        length = new_length
+        span += shift
+    return src, spare, length
+
+
+def _nonzero_2d(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """``np.nonzero`` of a 2-D mask, same arrays in the same (row-major) order.
+
+    numpy's 2-D nonzero is ~10x slower than its 1-D one plus a divmod.
+    """
+    rows, cols = np.divmod(np.flatnonzero(mask), mask.shape[1])
+    return rows, cols
 
 
 def _parabola_vertex(
@@ -248,7 +333,7 @@ def _pair_peaks(
     # Peaks are sorted by (frame, bin), so the first FAN_OUT valid columns are the
     # nearest targets in time.
     ok &= np.cumsum(ok, axis=1) <= FAN_OUT
-    rows, cols = np.nonzero(ok)
+    rows, cols = _nonzero_2d(ok)
     f1 = f[rows]
     hashes = (f1 << F1_SHIFT) | ((df[rows, cols] + DF_OFFSET) << DF_SHIFT) | dt[rows, cols]
     return hashes.astype(np.uint32), t[rows].astype(np.uint32)
