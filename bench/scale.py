@@ -296,9 +296,9 @@ class WithBudget:
     async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
         if self._per_hash is None:
             return await self._catalog.postings(hashes), 0
-        found: tuple[Postings, int] = await self._catalog.rarest_postings(
-            hashes, self._per_hash * int(np.unique(hashes).size)
-        )
+        # identify's retry asks for a multiple of its first budget: keep the ratio.
+        scaled = max_postings * self._per_hash // POSTINGS_PER_QUERY_HASH
+        found: tuple[Postings, int] = await self._catalog.rarest_postings(hashes, scaled)
         return found
 
     async def tracks_by_key(self, keys: list[int]) -> dict[int, TrackRow]:

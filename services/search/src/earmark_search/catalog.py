@@ -164,17 +164,17 @@ _TRACK_COLUMNS = (
 _PACKED_ROWS = f"""
     SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
 """  # noqa: S608
-# The rarest hashes first, while their postings fit the budget; the ranking
-# reads (hash, n) from the primary key alone (an index-only scan). A hash left
-# out comes back with NULL entries, so the caller knows that there is more.
+# The rarest hashes first, while their postings fit the budget. One index probe
+# per hash: a row's entries ride along to the ranking unread (an array big
+# enough to be worth leaving out is TOASTed, and its pointer is fetched only if
+# the row is kept). A hash left out comes back with NULL entries, so the caller
+# knows that there is more.
 _RAREST_PACKED_ROWS = f"""
-    SELECT ranked.hash, p.entries
+    SELECT hash, CASE WHEN running <= %(budget)s THEN entries END
     FROM (
-        SELECT hash, sum(n) OVER (ORDER BY n, hash) AS running
+        SELECT hash, entries, sum(n) OVER (ORDER BY n, hash) AS running
         FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
     ) ranked
-    LEFT JOIN {SCHEMA}.packed_postings p
-        ON p.hash = ranked.hash AND ranked.running <= %(budget)s
 """  # noqa: S608
 # Moves one hash range of recent_postings into packed_postings, appending to
 # existing rows; returns how many postings moved.

@@ -37,13 +37,15 @@ RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
 # Postings read per distinct query hash, on average, at most, at first: only the
 # rarest hashes are read (Catalog.rarest_postings). It keeps a lookup's cost flat
 # as the catalog grows (bench/scale.py); small catalogs hardly reach it. A clip
-# that matches nothing within it is looked up again in full (a noisy clip's
-# surviving hashes may be common ones).
+# that matches nothing within it is looked up again with a larger budget (a
+# noisy clip's surviving hashes may be common ones), not in full: at 1,000 h a
+# full read is ~870 k postings, and every out-of-catalog clip would pay it.
 POSTINGS_PER_QUERY_HASH: Final = 32
+RETRY_POSTINGS_PER_QUERY_HASH: Final = 256
 
 
-def postings_budget(hashes: np.ndarray) -> int:
-    return POSTINGS_PER_QUERY_HASH * int(np.unique(hashes).size)
+def postings_budget(hashes: np.ndarray, per_hash: int = POSTINGS_PER_QUERY_HASH) -> int:
+    return per_hash * int(np.unique(hashes).size)
 
 
 def plain_min_ratio(landmark_count: int) -> float:
@@ -167,7 +169,8 @@ async def identify(
         response.postings = len(postings[0])
         if not ranked and left_out:
             started = time.perf_counter()
-            postings = await catalog.postings(hashes)
+            retry_budget = postings_budget(hashes, RETRY_POSTINGS_PER_QUERY_HASH)
+            postings, _ = await catalog.rarest_postings(hashes, retry_budget)
             looked_up = time.perf_counter()
             ranked = await asyncio.to_thread(
                 _confident_matches, hashes, times, postings, max_matches, min_ratio=min_ratio
