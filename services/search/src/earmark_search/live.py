@@ -24,6 +24,7 @@ from earmark_runtime.audio import AudioDecodeError
 from earmark_runtime.live_audio import LiveDecoder, PcmFormat
 
 from .catalog import Catalog
+from .identify import postings_budget
 from .live_landmarks import FRAME_RATE_HZ, SAMPLE_RATE_HZ, ExtractionWindow, LiveLandmarks
 from .monitoring import EventKind, StreamTracker, TrackerEvent, TrackerSettings
 from .scanning import Postings
@@ -229,12 +230,19 @@ class MonitorSession:
             FRAME_RATE_HZ, TrackerSettings(report_interval_s=report_interval_s or 10.0)
         )
         self._tracks: dict[int, common_pb2.Track] = {}
-        self._postings = PostingsCache(catalog.postings)
+        self._postings = PostingsCache(self._rarest_postings)
         self.heard_audio = False
 
     @property
     def seconds(self) -> float:
         return self._live.seconds
+
+    async def _rarest_postings(self, hashes: np.ndarray) -> Postings:
+        # Identify's first budget, per hop: a hop's cost stays flat as the
+        # catalog grows (the most common hashes say the least anyway). A hash
+        # left out is not asked again while the cache holds it.
+        postings, _ = await self._catalog.rarest_postings(hashes, postings_budget(hashes))
+        return postings
 
     async def push(self, pcm: np.ndarray) -> list[search_pb2.MonitorEvent]:
         """Take decoded audio; the events of every hop it completes."""
