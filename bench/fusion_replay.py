@@ -84,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--thresholds", default="0,0.5,0.6,0.7,0.8")
     args = ap.parse_args(argv)
-    defaults = args.methods.split(",")[: len(args.records)]
+    methods = args.methods.split(",")
+    # Files past the named methods must carry their own `method` fields.
+    defaults = (methods + [methods[-1]] * len(args.records))[: len(args.records)]
     by_query = load(args.records, defaults)
     queries = [q for q in by_query.values() if "landmarks" in q and "neural" in q]
     rows = []

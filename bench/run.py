@@ -285,8 +285,8 @@ SPLIT_STAGES = (
     ("decode", "  in-process: WAV PCM -> float, resample to the fingerprinter's rate"),
     ("extract", "  in-process: extract_query_landmarks"),
     ("search", "search side in-process: identify() = lookup + vote + track rows"),
-    ("lookup", "  Catalog.postings (PostgreSQL COPY of the postings)"),
-    ("vote", "  rank_matches (offset-consistency vote)"),
+    ("lookup", "  Catalog.postings, every posting (identify reads a budget: see search side)"),
+    ("vote", "  rank_matches over those postings (offset-consistency vote)"),
     ("server", "server-side estimate = fingerprint RPC + search side"),
 )
 

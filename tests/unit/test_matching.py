@@ -46,7 +46,8 @@ def test_finds_track_offset_and_score() -> None:
     p = cat(postings(qh, qt, 7, 1234, np.arange(30)), random_rows(qh, 200, (1, 50), seed=1))
     [m] = rank_matches(qh, qt, *p)
     assert m == MatchCandidate(7, 1234, 30, m.confidence, m.runner_up)
-    assert 1.0 <= m.runner_up <= 15.0
+    # The confidence is the one of the score against the runner-up it reports.
+    assert m.confidence == match_confidence(m.score, m.runner_up)
     assert 0.9 < m.confidence <= 1.0
 
 

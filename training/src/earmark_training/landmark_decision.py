@@ -31,6 +31,7 @@ import numpy.typing as npt
 from bench.corpus import DEFAULT_CORPUS_DIR, CorpusTrack, decode_audio
 from bench.degrade import DEFAULT_LENGTHS
 from earmark_fingerprint.landmarks import (
+    ALGORITHM_VERSION,
     SAMPLE_RATE_HZ,
     extract_landmarks,
     extract_query_landmarks,
@@ -45,12 +46,13 @@ from earmark_search.identify import (
 from earmark_search.matching import DEFAULT_MIN_ALIGNED, rank_matches
 from earmark_search.scanning import MIN_DISTINCT_TIMES, aligned_times
 
+from .calibrate import CALIBRATION_SEED
 from .data import corpus_split
 from .evalset import EvalQuery, query_set
 
 IntArray = npt.NDArray[np.int64]
-CALIBRATION_SEED = 1  # earmark_training.calibrate's query seed
-# Loose enough to see the near misses of the service's thresholds.
+# Loose enough to see the near misses of the service's thresholds (the rescue's
+# were 15 / 2.5 before 2026-11-23).
 LOOSE_MIN_ALIGNED = 6
 LOOSE_MIN_RATIO = 1.0
 LOOSE_RESCUE_MIN_ALIGNED = 15
@@ -85,7 +87,7 @@ def build_landmark_index(
     tracks: Sequence[CorpusTrack], cache_dir: Path, log: Callable[[str], None]
 ) -> LandmarkIndex:
     ids = [t.track_id for t in tracks]
-    key = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([ALGORITHM_VERSION, ids]).encode()).hexdigest()[:16]
     path = cache_dir / f"landmarks-{key}.npz"
     if path.exists():
         with np.load(path) as z:
@@ -117,7 +119,8 @@ def candidate_features(
         return None
     m = ranked[0]
     voted = aligned_times(hashes, times, postings, m.track_key, m.offset_frames)
-    # Hashes of the aligned votes: how common they are in the catalog.
+    # The query hashes the matched track has at all (any offset): how common
+    # they are in the catalog.
     ph, ptrack, _ = postings
     keep = ptrack == m.track_key
     mine = np.isin(hashes, ph[keep])
@@ -147,10 +150,12 @@ def replay(index: LandmarkIndex, q: EvalQuery) -> dict[str, Any]:
         "length_s": q.length_s,
         "negative": q.negative,
         "track_id": q.track_id,
+        "n_landmarks": int(hashes.size),
     }
-    plain = candidate_features(index, hashes, times, LOOSE_MIN_ALIGNED, LOOSE_MIN_RATIO)
-    row["plain"] = plain
-    rescue = None
+    row["plain"] = candidate_features(index, hashes, times, LOOSE_MIN_ALIGNED, LOOSE_MIN_RATIO)
+    # Each scale's best candidate (the ranking does not depend on thresholds);
+    # the decision picks among those that pass, as best_rescaled_matches does.
+    scales: list[dict[str, Any]] = []
     if hashes.size >= 2 * LOOSE_RESCUE_MIN_ALIGNED:
         for scaled in extract_rescaled_query_landmarks(q.audio):
             f = candidate_features(
@@ -160,9 +165,9 @@ def replay(index: LandmarkIndex, q: EvalQuery) -> dict[str, Any]:
                 LOOSE_RESCUE_MIN_ALIGNED,
                 LOOSE_RESCUE_MIN_RATIO,
             )
-            if f is not None and (rescue is None or f["score"] > rescue["score"]):
-                rescue = f
-    row["rescue"] = rescue
+            if f is not None:
+                scales.append(f)
+    row["rescue_scales"] = scales
     return row
 
 
@@ -176,16 +181,17 @@ def service_decision(row: dict[str, Any]) -> dict[str, Any] | None:
         and plain["distinct_times"] >= MIN_DISTINCT_TIMES
     ):
         return dict(plain)
-    rescue = row["rescue"]
-    if (
-        rescue is not None
-        and (plain is None or plain["n_landmarks"] >= RESCUE_MIN_LANDMARKS)
-        and rescue["score"] >= RESCUE_MIN_ALIGNED
-        and rescue["score"] >= RESCUE_MIN_RATIO * rescue["runner_up"]
-        and rescue["distinct_times"] >= MIN_DISTINCT_TIMES
-    ):
-        return dict(rescue)
-    return None
+    if row["n_landmarks"] < RESCUE_MIN_LANDMARKS:
+        return None
+    passing = [
+        f
+        for f in row["rescue_scales"]
+        if f["score"] >= RESCUE_MIN_ALIGNED
+        and f["score"] >= RESCUE_MIN_RATIO * f["runner_up"]
+        and f["distinct_times"] >= MIN_DISTINCT_TIMES
+    ]
+    # The first scale with the highest score, as best_rescaled_matches keeps it.
+    return dict(max(passing, key=lambda f: f["score"])) if passing else None
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> str:

@@ -165,10 +165,10 @@ _PACKED_ROWS = f"""
     SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
 """  # noqa: S608
 # The rarest hashes first, while their postings fit the budget. One index probe
-# per hash: a row's entries ride along to the ranking unread (an array big
-# enough to be worth leaving out is TOASTed, and its pointer is fetched only if
-# the row is kept). A hash left out comes back with NULL entries, so the caller
-# knows that there is more.
+# per hash: each row is read once and its entries ride along to the ranking (a
+# long array is TOASTed, and only its pointer travels: the array itself is
+# fetched only for a kept row). A hash left out comes back with NULL entries,
+# so the caller knows that there is more.
 _RAREST_PACKED_ROWS = f"""
     SELECT hash, CASE WHEN running <= %(budget)s THEN entries END
     FROM (

@@ -23,7 +23,7 @@ from .vector_matching import DEFAULT_K, Hit, QueryView, rank_tracks, rank_views
 # better shot: a held-out track of the same game (same samples, same tempo) can
 # line up 10-25 of them at one offset, 2-2.5x the next track. Such clips must
 # beat their runner-up by more; short clips keep the lower ratio, which their
-# true matches need (docs/landmarks.md, "Decision").
+# true matches need (docs/landmarks.md, "Decision on the corpus").
 LONG_CLIP_LANDMARKS: Final = 800
 LONG_CLIP_MIN_RATIO: Final = 2.5
 # A clip that matches nothing as it is gets a second chance at a dozen frequency
@@ -32,7 +32,9 @@ LONG_CLIP_MIN_RATIO: Final = 2.5
 # match (chosen with earmark_training.landmark_decision, docs/landmarks.md).
 RESCUE_MIN_ALIGNED: Final = 20
 RESCUE_MIN_RATIO: Final = 3.0
-# Clips with fewer landmarks than this cannot reach RESCUE_MIN_ALIGNED anyway.
+# Clips with fewer landmarks than this rarely reach RESCUE_MIN_ALIGNED: each
+# rescaled variant is extracted at two sub-hop shifts instead of four, so it has
+# about half the plain clip's landmarks.
 RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
 # Postings read per distinct query hash, on average, at most, at first: only the
 # rarest hashes are read (Catalog.rarest_postings). It keeps a lookup's cost flat
