@@ -143,3 +143,12 @@ async def test_a_failed_flush_is_tried_again() -> None:
         await idle.run_once()
     assert await idle.run_once()
     assert len(calls) == 2
+
+
+def test_an_array_that_is_not_one_dimensional_is_refused() -> None:
+    # A 2-D int8[] of one element: its header has one more (size, lower bound) pair.
+    array = struct.pack(">iiiiiii", 2, 0, 20, 1, 1, 1, 1) + struct.pack(">iq", 8, 5)
+    row = struct.pack(">hii", 2, 4, 7) + struct.pack(">i", len(array)) + array
+    data = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0) + row + b"\xff\xff"
+    with pytest.raises(ValueError, match="1-D"):
+        decode_packed_postings(data)

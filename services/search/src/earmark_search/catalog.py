@@ -56,9 +56,9 @@ def encode_postings(hashes: np.ndarray, track_key: int, times: np.ndarray) -> by
 _ENTRY_TRACK_SHIFT = 32
 _ENTRY_TIME_MASK = 0xFFFFFFFF
 # A binary int8[] array element: its length (always 8), then the value.
-_ARRAY_ELEMENT = np.dtype([("length", ">i4"), ("value", ">i8")])
 _ROW_START = struct.Struct(">hiii")  # fields, hash length, hash, array length (-1: NULL)
-_INT = struct.Struct(">i")
+_EMPTY_ARRAY_BYTES = 12  # ndim 0, flags, element type
+_ARRAY_HEADER_BYTES = 20  # ndim 1, flags, element type, size, lower bound
 
 Postings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -73,42 +73,60 @@ def decode_packed_postings(data: bytes) -> tuple[Postings, int]:
     """Parse binary COPY rows of (hash integer, entries bigint[]) into postings.
 
     Returns the postings and how many rows came without entries (NULL: a hash
-    left out by a postings budget). The row loop runs once per hash (a clip
-    has ~1-2 thousand); the entries of a row are one numpy view each.
+    left out by a postings budget). The Python loop only walks the row
+    headers (a row's length is in its header); the entries of every row are
+    then gathered at once. A 1-D int8 array of n elements without NULLs is 20
+    header bytes and n (length 8, value) pairs, so n follows from its length.
     """
     end = len(data) - len(_COPY_TRAILER)
     pos = len(_COPY_HEADER)
     row_hashes: list[int] = []
-    parts: list[np.ndarray] = []
+    array_starts: list[int] = []
+    array_lengths: list[int] = []
     skipped = 0
+    unpack = _ROW_START.unpack_from
+    header = _ROW_START.size
     while pos < end:
-        _fields, _, hash_value, array_len = _ROW_START.unpack_from(data, pos)
-        array_at = pos + _ROW_START.size
+        _fields, _, hash_value, array_len = unpack(data, pos)
+        pos += header
         if array_len < 0:
             skipped += 1
-            pos = array_at
             continue
-        pos = array_at + array_len
-        (ndim,) = _INT.unpack_from(data, array_at)
-        if ndim == 0:  # an empty array
-            continue
-        (count,) = _INT.unpack_from(data, array_at + 12)
-        row_hashes.append(hash_value)
-        parts.append(
-            np.frombuffer(data, dtype=_ARRAY_ELEMENT, count=count, offset=array_at + 20)["value"]
-        )
-    if not parts:
+        if array_len > _EMPTY_ARRAY_BYTES:
+            row_hashes.append(hash_value)
+            array_starts.append(pos)
+            array_lengths.append(array_len)
+        pos += array_len
+    if not row_hashes:
         empty = np.empty(0, dtype=np.int64)
         return (np.empty(0, dtype="<u4"), empty, empty), skipped
-    entries = np.concatenate(parts).astype(np.int64)
-    counts = np.fromiter((p.size for p in parts), dtype=np.int64, count=len(parts))
-    hashes = np.repeat(np.array(row_hashes, dtype=np.int64), counts)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    starts = np.asarray(array_starts, dtype=np.int64)
+    counts = (np.asarray(array_lengths, dtype=np.int64) - _ARRAY_HEADER_BYTES) // 12
+    dims = _gather_be(raw, starts, 4, ">i4")
+    sizes = _gather_be(raw, starts + 12, 4, ">i4")
+    if not (np.all(dims == 1) and np.array_equal(sizes, counts)):
+        raise ValueError("unexpected array layout in the postings COPY (not 1-D int8[])")
+    # Value j of a row sits at start + 20 + 12 j + 4 (after its length field).
+    first = np.repeat(starts + _ARRAY_HEADER_BYTES + 4, counts)
+    index = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    entries = _gather_be(raw, first + 12 * index, 8, ">i8").astype(np.int64)
+    hashes = np.repeat(np.asarray(row_hashes, dtype=np.int64), counts)
     postings = (
         hashes.astype("<i4").view("<u4"),
         entries >> _ENTRY_TRACK_SHIFT,
         entries & _ENTRY_TIME_MASK,
     )
     return postings, skipped
+
+
+def _gather_be(raw: np.ndarray, offsets: np.ndarray, width: int, dtype: str) -> np.ndarray:
+    """The big-endian integers of `width` bytes at each offset of a byte buffer."""
+    picked = raw[offsets[:, None] + np.arange(width)]
+    values: np.ndarray = np.ascontiguousarray(picked).view(dtype).reshape(-1)
+    return values
 
 
 @dataclass(frozen=True)
