@@ -43,7 +43,7 @@ from earmark_search.identify import (
     RESCUE_MIN_RATIO,
     plain_min_ratio,
 )
-from earmark_search.matching import DEFAULT_MIN_ALIGNED, rank_matches
+from earmark_search.matching import DEFAULT_MIN_ALIGNED, concat_ranges, rank_matches
 from earmark_search.scanning import MIN_DISTINCT_TIMES, aligned_times
 
 from .calibrate import CALIBRATION_SEED
@@ -72,8 +72,7 @@ class LandmarkIndex:
         wanted = np.unique(query_hashes)
         lo = np.searchsorted(self.hashes, wanted, side="left")
         hi = np.searchsorted(self.hashes, wanted, side="right")
-        n = hi - lo
-        idx = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+        idx = concat_ranges(lo, hi - lo)
         return self.hashes[idx], self.tracks[idx], self.times[idx]
 
     def counts(self, hashes: IntArray) -> IntArray:

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from earmark.v1 import common_pb2, events_pb2
 
+from .matching import concat_ranges
 from .schema import SCHEMA
 
 # Advisory lock key held while a track is checked for duplicates and written.
@@ -109,9 +110,7 @@ def decode_packed_postings(data: bytes) -> tuple[Postings, int]:
         raise ValueError("unexpected array layout in the postings COPY (not 1-D int8[])")
     # Value j of a row sits at start + 20 + 12 j + 4 (after its length field).
     first = np.repeat(starts + _ARRAY_HEADER_BYTES + 4, counts)
-    index = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(
-        np.cumsum(counts) - counts, counts
-    )
+    index = concat_ranges(np.zeros_like(counts), counts)  # j within each row
     entries = _gather_be(raw, first + 12 * index, 8, ">i8").astype(np.int64)
     hashes = np.repeat(np.asarray(row_hashes, dtype=np.int64), counts)
     postings = (
@@ -124,8 +123,8 @@ def decode_packed_postings(data: bytes) -> tuple[Postings, int]:
 
 def _gather_be(raw: np.ndarray, offsets: np.ndarray, width: int, dtype: str) -> np.ndarray:
     """The big-endian integers of `width` bytes at each offset of a byte buffer."""
-    picked = raw[offsets[:, None] + np.arange(width)]
-    values: np.ndarray = np.ascontiguousarray(picked).view(dtype).reshape(-1)
+    # Fancy indexing returns a fresh C-contiguous (n, width) array: viewable.
+    values: np.ndarray = raw[offsets[:, None] + np.arange(width)].view(dtype).reshape(-1)
     return values
 
 

@@ -166,7 +166,7 @@ def rank_matches(
     vote_bound = np.r_[cell_start, vote.size]
     v_lo = vote_bound[lo_cell]
     v_len = vote_bound[hi_cell + 1] - v_lo
-    in_window = _concat_ranges(v_lo, v_len)
+    in_window = concat_ranges(v_lo, v_len)
     owner = np.repeat(np.arange(cand.size), v_len)
     owner_q = owner * n_q + (vote[in_window] - vote_cell[in_window] * n_q)
     exact = np.bincount(_sorted_unique(np.sort(owner_q)) // n_q, minlength=cand.size)
@@ -250,19 +250,19 @@ def join_postings(
         return None
     # Postings of each distinct query hash, then each posting times the query
     # landmarks carrying that hash.
-    post_pos = _concat_ranges(lo, n_post)
+    post_pos = concat_ranges(lo, n_post)
     if run_start.size == q_sorted.size:  # usual case: no hash repeats in the query
         posting = p_order[post_pos]
         q_idx = q_order[np.repeat(run_start, n_post)]
     else:
         per_post = np.repeat(run_len, n_post)
-        q_pos = _concat_ranges(np.repeat(run_start, n_post), per_post)
+        q_pos = concat_ranges(np.repeat(run_start, n_post), per_post)
         posting = p_order[np.repeat(post_pos, per_post)]
         q_idx = q_order[q_pos]
     return ptrack[posting], pt[posting] - qt[q_idx], q_idx
 
 
-def _concat_ranges(starts: IntArray, lengths: IntArray) -> IntArray:
+def concat_ranges(starts: IntArray, lengths: IntArray) -> IntArray:
     """``concatenate([arange(s, s + n) for s, n in zip(starts, lengths)])``, vectorised."""
     total = int(lengths.sum())
     shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
