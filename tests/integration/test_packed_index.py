@@ -15,6 +15,7 @@ import pytest
 from earmark.v1 import common_pb2, events_pb2
 from earmark_runtime.db import open_pool
 from earmark_search.catalog import Catalog
+from earmark_search.verification import PEAK_BIN_BITS
 from earmark_stack import StackInfo
 
 # Far above the 23 bits the landmark extractor uses, so no other test's tracks share them.
@@ -198,3 +199,32 @@ async def test_an_interrupted_compaction_loses_nothing_and_the_next_one_finishes
     finally:
         for track_id in ids:
             await catalog.delete_track(track_id)
+
+
+async def test_a_tracks_peaks_are_kept_replaced_by_a_reindex_and_deleted_with_it(
+    stack: StackInfo, catalog: Catalog
+) -> None:
+    track_id = str(uuid.uuid4())
+    hashes, times = _fingerprint(4700, n=50)
+
+    def with_peaks(frames: list[int], bins: list[int]) -> events_pb2.FingerprintExtracted:
+        event = _event(track_id, hashes, times)
+        event.landmarks.peak_times = np.array(frames, "<u4").tobytes()
+        event.landmarks.peak_bins = np.array(bins, "<u4").tobytes()
+        return event
+
+    try:
+        key = await catalog.index_track(with_peaks([7, 3, 3], [40, 90, 30]))
+        assert (await catalog.track_peaks(key)).tolist() == [
+            3 << PEAK_BIN_BITS | 30,
+            3 << PEAK_BIN_BITS | 90,
+            7 << PEAK_BIN_BITS | 40,
+        ]
+        assert await catalog.reindex_track(with_peaks([5], [60]))
+        assert (await catalog.track_peaks(key)).tolist() == [5 << PEAK_BIN_BITS | 60]
+        with pytest.raises(ValueError, match="peak"):  # refused before anything is written
+            await catalog.reindex_track(with_peaks([5, 6], [60]))
+        assert (await catalog.track_peaks(key)).tolist() == [5 << PEAK_BIN_BITS | 60]
+    finally:
+        await catalog.delete_track(track_id)
+    assert (await catalog.track_peaks(key)).size == 0

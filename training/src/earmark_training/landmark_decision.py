@@ -41,10 +41,15 @@ from earmark_search.identify import (
     RESCUE_MIN_ALIGNED,
     RESCUE_MIN_LANDMARKS,
     RESCUE_MIN_RATIO,
+    VERIFIED_MIN_CONFIDENCE,
+    VERIFY_MIN_ALIGNED,
+    VERIFY_MIN_RATIO,
+    VERIFY_PEAK_RATIO,
     plain_min_ratio,
 )
 from earmark_search.matching import DEFAULT_MIN_ALIGNED, concat_ranges, rank_matches
 from earmark_search.scanning import MIN_DISTINCT_TIMES, aligned_times
+from earmark_search.verification import PeakCheck, check_alignment, pack_peaks
 
 from .calibrate import CALIBRATION_SEED
 from .data import corpus_split
@@ -67,6 +72,7 @@ class LandmarkIndex:
     tracks: IntArray
     times: IntArray
     track_ids: list[str]
+    peaks: list[npt.NDArray[np.uint32]]  # each track's sorted peak keys
 
     def postings(self, query_hashes: IntArray) -> tuple[IntArray, IntArray, IntArray]:
         wanted = np.unique(query_hashes)
@@ -87,22 +93,31 @@ def build_landmark_index(
 ) -> LandmarkIndex:
     ids = [t.track_id for t in tracks]
     key = hashlib.sha256(json.dumps([ALGORITHM_VERSION, ids]).encode()).hexdigest()[:16]
-    path = cache_dir / f"landmarks-{key}.npz"
+    path = cache_dir / f"landmarks-peaks-{key}.npz"
     if path.exists():
         with np.load(path) as z:
-            return LandmarkIndex(z["hashes"], z["tracks"], z["times"], ids)
-    hs, ks, ts = [], [], []
+            peaks = np.split(z["peaks"], np.cumsum(z["peak_counts"])[:-1])
+            return LandmarkIndex(z["hashes"], z["tracks"], z["times"], ids, peaks)
+    hs, ks, ts, ps = [], [], [], []
     t0 = time.monotonic()
     for i, t in enumerate(tracks):
         lm = extract_landmarks(decode_audio(t.path, SAMPLE_RATE_HZ))
         hs.append(lm.hashes.astype(np.int64))
         ks.append(np.full(lm.hashes.size, i, np.int64))
         ts.append(lm.times.astype(np.int64))
+        ps.append(pack_peaks(lm.peak_times, lm.peak_bins))
     h, k, tt = np.concatenate(hs), np.concatenate(ks), np.concatenate(ts)
     order = np.argsort(h, kind="stable")
-    index = LandmarkIndex(h[order], k[order], tt[order], ids)
+    index = LandmarkIndex(h[order], k[order], tt[order], ids, ps)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(path, hashes=index.hashes, tracks=index.tracks, times=index.times)
+    np.savez(
+        path,
+        hashes=index.hashes,
+        tracks=index.tracks,
+        times=index.times,
+        peaks=np.concatenate(ps),
+        peak_counts=np.array([p.size for p in ps]),
+    )
     log(f"landmark index: {len(tracks)} tracks, {h.size} postings, {time.monotonic() - t0:.0f} s")
     return index
 
@@ -151,7 +166,15 @@ def replay(index: LandmarkIndex, q: EvalQuery) -> dict[str, Any]:
         "track_id": q.track_id,
         "n_landmarks": int(hashes.size),
     }
-    row["plain"] = candidate_features(index, hashes, times, LOOSE_MIN_ALIGNED, LOOSE_MIN_RATIO)
+    row["plain"] = plain = candidate_features(
+        index, hashes, times, LOOSE_MIN_ALIGNED, LOOSE_MIN_RATIO
+    )
+    if plain is not None:
+        key = index.track_ids.index(plain["track"])
+        check = check_alignment(
+            lm.peak_times, lm.peak_bins, index.peaks[key], plain["offset_frames"]
+        )
+        plain["peak_hits"], plain["peak_chance"] = check.hits, check.chance
     # Each scale's best candidate (the ranking does not depend on thresholds);
     # the decision picks among those that pass, as best_rescaled_matches does.
     scales: list[dict[str, Any]] = []
@@ -180,6 +203,13 @@ def service_decision(row: dict[str, Any]) -> dict[str, Any] | None:
         and plain["distinct_times"] >= MIN_DISTINCT_TIMES
     ):
         return dict(plain)
+    if (
+        plain is not None
+        and plain["score"] >= VERIFY_MIN_ALIGNED
+        and plain["score"] >= VERIFY_MIN_RATIO * plain["runner_up"]
+        and PeakCheck(plain["peak_hits"], plain["peak_chance"]).passes(VERIFY_PEAK_RATIO)
+    ):
+        return dict(plain, verified=True)
     if row["n_landmarks"] < RESCUE_MIN_LANDMARKS:
         return None
     passing = [
@@ -218,7 +248,13 @@ def write_records(rows: Sequence[dict[str, Any]], path: Path) -> None:
                 "negative": r["negative"],
                 "track_id": r["track_id"],
                 "predicted_track": m["track"] if m else None,
-                "confidence": m["confidence"] if m else None,
+                "confidence": (
+                    max(m["confidence"], VERIFIED_MIN_CONFIDENCE)
+                    if m.get("verified")
+                    else m["confidence"]
+                )
+                if m
+                else None,
                 "score": m["score"] if m else None,
             }
             out.write(json.dumps(record) + "\n")

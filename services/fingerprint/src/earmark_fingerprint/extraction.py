@@ -28,6 +28,8 @@ def to_proto(landmarks: Landmarks) -> common_pb2.LandmarkFingerprint:
         hashes=np.ascontiguousarray(landmarks.hashes, dtype="<u4").tobytes(),
         times=np.ascontiguousarray(landmarks.times, dtype="<u4").tobytes(),
         duration_s=landmarks.duration_s,
+        peak_times=np.ascontiguousarray(landmarks.peak_times, dtype="<u4").tobytes(),
+        peak_bins=np.ascontiguousarray(landmarks.peak_bins, dtype="<u4").tobytes(),
     )
 
 

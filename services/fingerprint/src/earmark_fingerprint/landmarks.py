@@ -13,7 +13,7 @@ every constant below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -83,6 +83,11 @@ class Landmarks:
     times: UInt32Array  # frame index of the anchor peak, same length as hashes
     frame_rate_hz: float  # frames per second (sample_rate / hop)
     duration_s: float
+    # The spectral peaks the landmarks were paired from, sorted by (frame, bin):
+    # search verifies a weak vote by how many of a clip's peaks the candidate
+    # track has at the voted alignment (docs/landmarks.md, "Peak verification").
+    peak_times: UInt32Array = field(default_factory=lambda: np.zeros(0, np.uint32))
+    peak_bins: UInt32Array = field(default_factory=lambda: np.zeros(0, np.uint32))
 
 
 def extract_landmarks(samples: npt.ArrayLike) -> Landmarks:
@@ -96,7 +101,14 @@ def extract_landmarks(samples: npt.ArrayLike) -> Landmarks:
 
     t, t_frac, f = _find_peaks(x)
     hashes, times = _pair_peaks(t, t_frac, f)
-    return Landmarks(hashes=hashes, times=times, frame_rate_hz=FRAME_RATE_HZ, duration_s=duration_s)
+    return Landmarks(
+        hashes=hashes,
+        times=times,
+        frame_rate_hz=FRAME_RATE_HZ,
+        duration_s=duration_s,
+        peak_times=t.astype(np.uint32),
+        peak_bins=f.astype(np.uint32),
+    )
 
 
 def _validated_samples(samples: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -379,6 +391,9 @@ def extract_query_landmarks(samples: npt.ArrayLike, shifts: int = 4) -> Landmark
         times=(packed & np.uint64(0xFFFFFFFF)).astype(np.uint32),
         frame_rate_hz=base.frame_rate_hz,
         duration_s=base.duration_s,
+        # One grid's peaks are enough: verification allows +-1 frame.
+        peak_times=base.peak_times,
+        peak_bins=base.peak_bins,
     )
 
 

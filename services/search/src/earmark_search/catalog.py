@@ -24,6 +24,7 @@ from earmark.v1 import common_pb2, events_pb2
 
 from .matching import concat_ranges
 from .schema import SCHEMA
+from .verification import pack_peaks
 
 # Advisory lock key held while a track is checked for duplicates and written.
 _INDEXING_LOCK = 0x4541524D41524B  # "EARMARK"
@@ -209,6 +210,20 @@ SELECT count(*) FROM moved
 """  # noqa: S608 - SCHEMA is a module constant, values are parameters
 
 
+def _landmark_arrays(
+    lm: common_pb2.LandmarkFingerprint,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hashes, times, sorted peak keys) of an event's fingerprint, checked."""
+    hashes = np.frombuffer(lm.hashes, dtype="<u4")
+    times = np.frombuffer(lm.times, dtype="<u4")
+    if hashes.shape != times.shape:
+        raise ValueError("landmark hashes and times differ in length")
+    peaks = pack_peaks(
+        np.frombuffer(lm.peak_times, dtype="<u4"), np.frombuffer(lm.peak_bins, dtype="<u4")
+    )
+    return hashes, times, peaks
+
+
 async def _lock_postings(conn: AsyncConnection) -> None:
     """Serialise the writers of the index (track writes, deletes, compaction slices).
 
@@ -254,10 +269,7 @@ class Catalog:
         """
         sub = event.submission
         lm = event.landmarks
-        hashes = np.frombuffer(lm.hashes, dtype="<u4")
-        times = np.frombuffer(lm.times, dtype="<u4")
-        if hashes.shape != times.shape:
-            raise ValueError("landmark hashes and times differ in length")
+        hashes, times, peaks = _landmark_arrays(lm)
         meta = sub.metadata
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
@@ -297,7 +309,7 @@ class Catalog:
             row = await cur.fetchone()
             assert row is not None
             track_key = int(row[0])
-            await self._replace_landmarks(conn, track_key, hashes, times)
+            await self._replace_landmarks(conn, track_key, hashes, times, peaks)
         return track_key
 
     async def reindex_track(self, event: events_pb2.FingerprintExtracted) -> bool:
@@ -309,10 +321,7 @@ class Catalog:
         until it commits (PostgreSQL snapshots), the new ones after.
         """
         lm = event.landmarks
-        hashes = np.frombuffer(lm.hashes, dtype="<u4")
-        times = np.frombuffer(lm.times, dtype="<u4")
-        if hashes.shape != times.shape:
-            raise ValueError("landmark hashes and times differ in length")
+        hashes, times, peaks = _landmark_arrays(lm)
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 f"""
@@ -330,18 +339,23 @@ class Catalog:
             row = await cur.fetchone()
             if row is None:
                 return False
-            await self._replace_landmarks(conn, int(row[0]), hashes, times)
+            await self._replace_landmarks(conn, int(row[0]), hashes, times, peaks)
         return True
 
     async def _replace_landmarks(
-        self, conn: AsyncConnection, track_key: int, hashes: np.ndarray, times: np.ndarray
+        self,
+        conn: AsyncConnection,
+        track_key: int,
+        hashes: np.ndarray,
+        times: np.ndarray,
+        peaks: np.ndarray,
     ) -> None:
-        """The track's postings and fingerprint row become exactly `hashes`/`times`."""
+        """The track's postings and fingerprint row become exactly `hashes`/`times`/`peaks`."""
         await _lock_postings(conn)
         await self._drop_landmarks(conn, track_key)
         await conn.execute(
-            f"INSERT INTO {SCHEMA}.fingerprints (track_key, hashes) VALUES (%s, %s)",  # noqa: S608
-            (track_key, np.unique(hashes.view("<i4")).tolist()),
+            f"INSERT INTO {SCHEMA}.fingerprints (track_key, hashes, peaks) VALUES (%s, %s, %s)",  # noqa: S608
+            (track_key, np.unique(hashes.view("<i4")).tolist(), peaks.astype("<u4").tobytes()),
         )
         if len(hashes):
             async with conn.cursor().copy(
@@ -375,6 +389,16 @@ class Catalog:
             params,
         )
         await conn.execute(f"DELETE FROM {SCHEMA}.fingerprints WHERE track_key = %s", (track_key,))  # noqa: S608
+
+    async def track_peaks(self, track_key: int) -> np.ndarray:
+        """The track's sorted peak keys (verification.py); empty if none are stored."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT peaks FROM {SCHEMA}.fingerprints WHERE track_key = %s",  # noqa: S608
+                (track_key,),
+            )
+            row = await cur.fetchone()
+        return np.frombuffer(row[0], dtype="<u4") if row else np.zeros(0, np.uint32)
 
     async def postings(self, hashes: np.ndarray) -> Postings:
         """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip.

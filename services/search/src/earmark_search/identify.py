@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Final
 
@@ -18,6 +18,7 @@ from .catalog import Catalog
 from .matching import DEFAULT_MIN_ALIGNED, DEFAULT_MIN_RATIO, MatchCandidate, rank_matches
 from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
 from .vector_matching import DEFAULT_K, Hit, QueryView, rank_tracks, rank_views
+from .verification import check_alignment
 
 # A clip with many landmarks (busy music, or longer than ~2 s) gives chance a
 # better shot: a held-out track of the same game (same samples, same tempo) can
@@ -44,6 +45,20 @@ RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
 # full read is ~870 k postings, and every out-of-catalog clip would pay it.
 POSTINGS_PER_QUERY_HASH: Final = 32
 RETRY_POSTINGS_PER_QUERY_HASH: Final = 256
+# A vote's best candidate that the rules above reject (too few votes, too few
+# distinct clip times, or a long clip below 2.5x) is looked at peak by peak
+# (verification.py) if it has 9 votes at 2x its runner-up; it is accepted when
+# the clip's peaks line up with the track's 2.5 times better at the voted
+# alignment than at any other. Noise and reverb thin landmarks (pairs of peaks)
+# quadratically and peaks only linearly, so this recovers true matches whose
+# votes alone look like chance: 1 s clips above all (chosen with
+# earmark_training.landmark_decision, docs/landmarks.md "Peak verification").
+VERIFY_MIN_ALIGNED: Final = 9
+VERIFY_MIN_RATIO: Final = 2.0
+VERIFY_PEAK_RATIO: Final = 2.5
+# The peaks are the confirmation a weak landmark match would otherwise need
+# from the neural index (fusion.UNCONFIRMED_MIN).
+VERIFIED_MIN_CONFIDENCE: Final = fusion.UNCONFIRMED_MIN
 
 
 def postings_budget(hashes: np.ndarray, per_hash: int = POSTINGS_PER_QUERY_HASH) -> int:
@@ -88,6 +103,32 @@ def _confident_matches(
         if aligned_times(q_hashes, q_times, postings, m.track_key, m.offset_frames).size
         >= MIN_DISTINCT_TIMES
     ]
+
+
+def verification_candidate(
+    hashes: np.ndarray, times: np.ndarray, postings: Postings
+) -> MatchCandidate | None:
+    """The vote's best candidate if it is worth checking peak by peak."""
+    ranked = rank_matches(
+        hashes,
+        times,
+        *postings,
+        max_matches=1,
+        min_aligned=VERIFY_MIN_ALIGNED,
+        min_ratio=VERIFY_MIN_RATIO,
+    )
+    return ranked[0] if ranked else None
+
+
+async def verified_match(
+    catalog: Catalog, candidate: MatchCandidate, peak_times: np.ndarray, peak_bins: np.ndarray
+) -> MatchCandidate | None:
+    """`candidate` if the clip's peaks confirm it, with at least VERIFIED_MIN_CONFIDENCE."""
+    track_peaks = await catalog.track_peaks(candidate.track_key)
+    check = check_alignment(peak_times, peak_bins, track_peaks, candidate.offset_frames)
+    if not check.passes(VERIFY_PEAK_RATIO):
+        return None
+    return replace(candidate, confidence=max(candidate.confidence, VERIFIED_MIN_CONFIDENCE))
 
 
 def best_rescaled_matches(
@@ -180,6 +221,15 @@ async def identify(
             response.timings.lookup_ms += (looked_up - started) * 1000
             response.timings.match_ms += (time.perf_counter() - looked_up) * 1000
             response.postings += len(postings[0])
+        peak_times = np.frombuffer(landmarks.peak_times, dtype="<u4")
+        peak_bins = np.frombuffer(landmarks.peak_bins, dtype="<u4")
+        if not ranked and peak_times.size and peak_times.size == peak_bins.size:
+            started = time.perf_counter()
+            candidate = await asyncio.to_thread(verification_candidate, hashes, times, postings)
+            if candidate is not None:
+                verified = await verified_match(catalog, candidate, peak_times, peak_bins)
+                ranked = [verified] if verified is not None else []
+            response.timings.verify_ms = (time.perf_counter() - started) * 1000
 
     rescue = bool(use_landmarks and not ranked and rescaled and hashes.size >= RESCUE_MIN_LANDMARKS)
     search_vectors = (

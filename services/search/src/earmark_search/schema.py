@@ -4,7 +4,8 @@ Landmarks are stored twice, as acoustid-server does with its fingerprints:
 - `fingerprints`: one row per track with its distinct hashes, sorted, as an
   integer array (TOASTed): where the track's postings are, used to delete or
   re-index a track without scanning the index (its times are not kept: the
-  postings hold them, and a re-index fingerprints the kept source again);
+  postings hold them, and a re-index fingerprints the kept source again), and
+  its spectral peaks (`peaks`, ~0.4 MB per hour) to verify a weak vote;
 - the inverted index, in two parts (a log-structured merge, see
   docs/landmarks.md "Store"):
   - `packed_postings`: one row per hash, its postings packed in a `bigint[]`
@@ -87,5 +88,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE fingerprints DROP COLUMN times;
     UPDATE fingerprints SET hashes = ARRAY(SELECT DISTINCT h FROM unnest(hashes) AS h ORDER BY h);
+    """,
+    # The track's spectral peaks, for verifying a weak vote (verification.py):
+    # sorted uint32 keys, little-endian. Empty for tracks indexed before.
+    """
+    ALTER TABLE fingerprints ADD COLUMN peaks bytea NOT NULL DEFAULT '';
     """,
 )
