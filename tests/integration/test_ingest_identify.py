@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import numpy as np
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -62,6 +63,22 @@ def test_catalog_lists_indexed_tracks(client: Earmark, catalog: dict[int, str]) 
     assert track.title == "Song 1" and track.artist == "Synth"
     assert track.duration_s == pytest.approx(20, abs=0.2)
     assert track.landmark_count > 100
+
+
+def test_indexed_tracks_keep_their_spectral_peaks(
+    stack: StackInfo, catalog: dict[int, str]
+) -> None:
+    # What peak verification reads: sorted uint32 keys, ~29 peaks per second.
+    with psycopg.connect(stack.database_url) as conn:
+        row = conn.execute(
+            "SELECT f.peaks, t.duration_s FROM catalog.fingerprints f "
+            "JOIN catalog.tracks t USING (track_key) WHERE t.track_id = %s",
+            (catalog[1],),
+        ).fetchone()
+    assert row is not None
+    keys = np.frombuffer(row[0], dtype="<u4")
+    assert 10 * row[1] < keys.size < 40 * row[1]
+    assert np.all(np.diff(keys.astype(np.int64)) > 0)
 
 
 @pytest.mark.parametrize("seed,offset_s", [(0, 3.0), (3, 11.5), (5, 7.25)])
