@@ -8,9 +8,19 @@ import numpy as np
 import pytest
 
 from earmark.v1 import common_pb2, search_pb2
-from earmark_fingerprint.landmarks import SAMPLE_RATE_HZ, extract_landmarks, extract_query_landmarks
+from earmark_fingerprint.landmarks import (
+    SAMPLE_RATE_HZ,
+    extract_landmarks,
+    extract_query_landmarks,
+    extract_rescaled_query_landmarks,
+)
 from earmark_search.catalog import Postings, TrackRow
-from earmark_search.identify import VERIFIED_MIN_CONFIDENCE, VERIFY_PEAK_RATIO, identify
+from earmark_search.identify import (
+    VERIFIED_MIN_CONFIDENCE,
+    VERIFY_PEAK_RATIO,
+    ScaledQuery,
+    identify,
+)
 from earmark_search.verification import PEAK_BIN_BITS, check_alignment, pack_peaks
 from tests.unit.test_landmarks import synth_music, with_noise
 
@@ -152,3 +162,67 @@ def test_identify_does_not_verify_without_clip_peaks() -> None:
     )
     assert fake.peaks_read == []
     assert not response.matches
+
+
+def _scaled(scale: float, step: int, frames: np.ndarray, bins: np.ndarray) -> ScaledQuery:
+    n = 13  # landmark i: hash i at frame step * i (the catalog's are at 3 i + offset)
+    return ScaledQuery(
+        frequency_scale=scale,
+        hashes=np.arange(n, dtype="<u4"),
+        times=(np.arange(n) * step).astype("<u4"),
+        peak_times=frames.astype("<u4"),
+        peak_bins=bins.astype("<u4"),
+    )
+
+
+@pytest.mark.parametrize("same_peaks", [True, False])
+def test_the_rescue_verifies_one_candidate_at_its_own_scale(same_peaks: bool) -> None:
+    frames, bins = _clip_peaks(1)
+    own = (frames + 100, bins) if same_peaks else _clip_peaks(2)
+    fake = PeakCatalog(pack_peaks(*own))
+    # The plain clip matches nothing (its hashes are not in the catalog) but has
+    # enough landmarks for the rescue.
+    plain = common_pb2.LandmarkFingerprint(
+        hashes=np.arange(1000, 1100, dtype="<u4").tobytes(),
+        times=np.arange(100, dtype="<u4").tobytes(),
+        frame_rate_hz=FRAME_RATE_HZ,
+        duration_s=3.0,
+    )
+    # At 0.97 nothing aligns; at 1.03 and 1.05 the same 9 votes for track 1
+    # (4 for track 2): one verification, at the first of the two.
+    views = [
+        _scaled(0.97, 7, frames, bins),
+        _scaled(1.03, 3, frames, bins),
+        _scaled(1.05, 3, frames, bins),
+    ]
+
+    async def rescaled() -> list[ScaledQuery]:
+        return views
+
+    response = asyncio.run(
+        identify(
+            fake,  # type: ignore[arg-type]
+            plain,
+            1,
+            rescaled=rescaled,
+            method=search_pb2.IDENTIFY_METHOD_LANDMARKS,
+        )
+    )
+    assert fake.peaks_read == [1]  # one verification, not one per scale
+    if same_peaks:
+        assert [m.track.track_id for m in response.matches] == ["track-1"]
+        assert response.matches[0].frequency_scale == pytest.approx(1.03)
+        assert response.matches[0].confidence < VERIFIED_MIN_CONFIDENCE  # the vote's own
+    else:
+        assert not response.matches
+
+
+def test_rescaled_landmarks_carry_the_clips_peaks_rescaled() -> None:
+    clip = synth_music(9, 4.0)
+    plain = extract_landmarks(clip)
+    unscaled, faster = extract_rescaled_query_landmarks(clip, scales=(1.0, 1.06))
+    assert np.array_equal(unscaled.peak_times, plain.peak_times)
+    # Sub-bin frequencies, rounded: within one bin of the integer peak bins.
+    assert np.abs(unscaled.peak_bins.astype(int) - plain.peak_bins.astype(int)).max() <= 1
+    expected = plain.peak_bins / 1.06
+    assert np.abs(faster.peak_bins - expected).max() <= 1.0

@@ -33,6 +33,7 @@ from bench.degrade import DEFAULT_LENGTHS
 from earmark_fingerprint.landmarks import (
     ALGORITHM_VERSION,
     SAMPLE_RATE_HZ,
+    Landmarks,
     extract_landmarks,
     extract_query_landmarks,
     extract_rescaled_query_landmarks,
@@ -56,12 +57,10 @@ from .data import corpus_split
 from .evalset import EvalQuery, query_set
 
 IntArray = npt.NDArray[np.int64]
-# Loose enough to see the near misses of the service's thresholds (the rescue's
-# were 15 / 2.5 before 2026-11-23).
+# Loose enough to see the near misses of the service's thresholds, peak
+# verification's included (the ranking does not depend on them).
 LOOSE_MIN_ALIGNED = 6
 LOOSE_MIN_RATIO = 1.0
-LOOSE_RESCUE_MIN_ALIGNED = 15
-LOOSE_RESCUE_MIN_RATIO = 2.5
 
 
 @dataclass
@@ -155,6 +154,24 @@ def candidate_features(
     }
 
 
+def _add_peak_check(features: dict[str, Any], index: LandmarkIndex, clip: Landmarks) -> None:
+    key = index.track_ids.index(features["track"])
+    check = check_alignment(
+        clip.peak_times, clip.peak_bins, index.peaks[key], features["offset_frames"]
+    )
+    features["peak_hits"], features["peak_chance"] = check.hits, check.chance
+
+
+def _verifiable(f: dict[str, Any]) -> bool:
+    return bool(
+        f["score"] >= VERIFY_MIN_ALIGNED and f["score"] >= VERIFY_MIN_RATIO * f["runner_up"]
+    )
+
+
+def _verified(f: dict[str, Any]) -> bool:
+    return bool(PeakCheck(f["peak_hits"], f["peak_chance"]).passes(VERIFY_PEAK_RATIO))
+
+
 def replay(index: LandmarkIndex, q: EvalQuery) -> dict[str, Any]:
     lm = extract_query_landmarks(q.audio)
     hashes, times = lm.hashes.astype(np.int64), lm.times.astype(np.int64)
@@ -170,24 +187,21 @@ def replay(index: LandmarkIndex, q: EvalQuery) -> dict[str, Any]:
         index, hashes, times, LOOSE_MIN_ALIGNED, LOOSE_MIN_RATIO
     )
     if plain is not None:
-        key = index.track_ids.index(plain["track"])
-        check = check_alignment(
-            lm.peak_times, lm.peak_bins, index.peaks[key], plain["offset_frames"]
-        )
-        plain["peak_hits"], plain["peak_chance"] = check.hits, check.chance
+        _add_peak_check(plain, index, lm)
     # Each scale's best candidate (the ranking does not depend on thresholds);
     # the decision picks among those that pass, as best_rescaled_matches does.
     scales: list[dict[str, Any]] = []
-    if hashes.size >= 2 * LOOSE_RESCUE_MIN_ALIGNED:
+    if hashes.size >= RESCUE_MIN_LANDMARKS:
         for scaled in extract_rescaled_query_landmarks(q.audio):
             f = candidate_features(
                 index,
                 scaled.hashes.astype(np.int64),
                 scaled.times.astype(np.int64),
-                LOOSE_RESCUE_MIN_ALIGNED,
-                LOOSE_RESCUE_MIN_RATIO,
+                LOOSE_MIN_ALIGNED,
+                LOOSE_MIN_RATIO,
             )
             if f is not None:
+                _add_peak_check(f, index, scaled)
                 scales.append(f)
     row["rescue_scales"] = scales
     return row
@@ -203,13 +217,8 @@ def service_decision(row: dict[str, Any]) -> dict[str, Any] | None:
         and plain["distinct_times"] >= MIN_DISTINCT_TIMES
     ):
         return dict(plain)
-    if (
-        plain is not None
-        and plain["score"] >= VERIFY_MIN_ALIGNED
-        and plain["score"] >= VERIFY_MIN_RATIO * plain["runner_up"]
-        and PeakCheck(plain["peak_hits"], plain["peak_chance"]).passes(VERIFY_PEAK_RATIO)
-    ):
-        return dict(plain, verified=True)
+    if plain is not None and _verifiable(plain) and _verified(plain):
+        return dict(plain, verified="plain")
     if row["n_landmarks"] < RESCUE_MIN_LANDMARKS:
         return None
     passing = [
@@ -220,7 +229,15 @@ def service_decision(row: dict[str, Any]) -> dict[str, Any] | None:
         and f["distinct_times"] >= MIN_DISTINCT_TIMES
     ]
     # The first scale with the highest score, as best_rescaled_matches keeps it.
-    return dict(max(passing, key=lambda f: f["score"])) if passing else None
+    if passing:
+        return dict(max(passing, key=lambda f: f["score"]))
+    # Else one candidate for all scales, verified at its scale (verified_rescue).
+    verifiable = [f for f in row["rescue_scales"] if _verifiable(f)]
+    if verifiable:
+        best = max(verifiable, key=lambda f: f["score"])
+        if _verified(best):
+            return dict(best, verified="rescue")
+    return None
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> str:
@@ -250,7 +267,7 @@ def write_records(rows: Sequence[dict[str, Any]], path: Path) -> None:
                 "predicted_track": m["track"] if m else None,
                 "confidence": (
                     max(m["confidence"], VERIFIED_MIN_CONFIDENCE)
-                    if m.get("verified")
+                    if m.get("verified") == "plain"
                     else m["confidence"]
                 )
                 if m

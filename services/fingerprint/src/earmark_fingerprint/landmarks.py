@@ -430,6 +430,7 @@ def extract_rescaled_query_landmarks(
         skip = k * HOP // shifts
         t, t_frac, _bins, freq = _find_peaks_subbin(x[skip:])
         peaks.append((t, t_frac, freq, skip / HOP))
+    first_t, _, first_freq, _ = peaks[0]
     out = []
     for scale in scales:
         hashes, times = [], []
@@ -448,6 +449,9 @@ def extract_rescaled_query_landmarks(
                 times=(packed & np.uint64(0xFFFFFFFF)).astype(np.uint32),
                 frame_rate_hz=FRAME_RATE_HZ,
                 duration_s=duration_s,
+                # The first grid's peaks, rescaled like the hashes, for verification.
+                peak_times=first_t.astype(np.uint32),
+                peak_bins=np.rint(first_freq / scale).astype(np.uint32),
             )
         )
     return out

@@ -113,6 +113,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 frequency_scale=v.frequency_scale,
                 hashes=np.frombuffer(v.landmarks.hashes, dtype="<u4"),
                 times=np.frombuffer(v.landmarks.times, dtype="<u4"),
+                peak_times=np.frombuffer(v.landmarks.peak_times, dtype="<u4"),
+                peak_bins=np.frombuffer(v.landmarks.peak_bins, dtype="<u4"),
             )
             for v in extracted.rescaled
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Final
 
@@ -77,6 +77,9 @@ class ScaledQuery:
     frequency_scale: float
     hashes: np.ndarray
     times: np.ndarray
+    # The clip's peaks at this scale, to verify a weak candidate (empty: not verified).
+    peak_times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
+    peak_bins: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
 
 
 def _confident_matches(
@@ -121,14 +124,18 @@ def verification_candidate(
 
 
 async def verified_match(
-    catalog: Catalog, candidate: MatchCandidate, peak_times: np.ndarray, peak_bins: np.ndarray
+    catalog: Catalog,
+    candidate: MatchCandidate,
+    peak_times: np.ndarray,
+    peak_bins: np.ndarray,
+    min_confidence: float = VERIFIED_MIN_CONFIDENCE,
 ) -> MatchCandidate | None:
-    """`candidate` if the clip's peaks confirm it, with at least VERIFIED_MIN_CONFIDENCE."""
+    """`candidate` if the clip's peaks confirm it, with at least `min_confidence`."""
     track_peaks = await catalog.track_peaks(candidate.track_key)
     check = check_alignment(peak_times, peak_bins, track_peaks, candidate.offset_frames)
     if not check.passes(VERIFY_PEAK_RATIO):
         return None
-    return replace(candidate, confidence=max(candidate.confidence, VERIFIED_MIN_CONFIDENCE))
+    return replace(candidate, confidence=max(candidate.confidence, min_confidence))
 
 
 def best_rescaled_matches(
@@ -153,6 +160,43 @@ def best_rescaled_matches(
         if ranked and (not best[1] or ranked[0].score > best[1][0].score):
             best = (query.frequency_scale, ranked)
     return best
+
+
+def _best_scaled_candidate(
+    queries: Sequence[ScaledQuery], postings: Postings
+) -> tuple[ScaledQuery, MatchCandidate] | None:
+    """The scale whose verification candidate has the most votes (the first on ties)."""
+    best: tuple[ScaledQuery, MatchCandidate] | None = None
+    for query in queries:
+        if query.peak_times.size == 0 or query.peak_times.size != query.peak_bins.size:
+            continue
+        candidate = verification_candidate(
+            query.hashes.astype(np.int64), query.times.astype(np.int64), postings
+        )
+        if candidate is not None and (best is None or candidate.score > best[1].score):
+            best = (query, candidate)
+    return best
+
+
+async def verified_rescue(
+    catalog: Catalog, queries: Sequence[ScaledQuery], postings: Postings
+) -> tuple[float, list[MatchCandidate]]:
+    """The rescue's counterpart of plain verification, at the best candidate's scale.
+
+    One candidate for all twelve scales, so the rescue does not get twelve
+    chances to pass; the clip's peaks are rescaled like its hashes. Twelve
+    scales still gave the candidate more chances than a plain clip's, so its
+    confidence stays the vote's: fused identification asks the neural index
+    to confirm it if that is low.
+    """
+    best = await asyncio.to_thread(_best_scaled_candidate, queries, postings)
+    if best is None:
+        return 1.0, []
+    query, candidate = best
+    verified = await verified_match(
+        catalog, candidate, query.peak_times, query.peak_bins, min_confidence=0.0
+    )
+    return (query.frequency_scale, [verified]) if verified is not None else (1.0, [])
 
 
 @dataclass(frozen=True)
@@ -254,6 +298,8 @@ async def identify(
             scale, found = await asyncio.to_thread(
                 best_rescaled_matches, queries, rows, max_matches
             )
+            if not found:
+                scale, found = await verified_rescue(catalog, queries, rows)
             response.postings += len(rows[0])
         response.timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
         return fusion.from_landmarks(found, frame_s, scale)
