@@ -7,7 +7,12 @@ import struct
 import numpy as np
 import pytest
 
-from earmark_search.catalog import decode_packed_postings, pack_entries
+from earmark_search.catalog import (
+    HashArray,
+    _HashArrayDumper,
+    decode_entry_arrays,
+    pack_entries,
+)
 from earmark_search.compaction import CompactionPolicy, Compactor, IdleFlush
 
 POLICY = CompactionPolicy(rows=1000, idle_s=10.0)
@@ -70,29 +75,26 @@ async def test_the_compactor_keeps_checking_while_writes_continue() -> None:
     assert await compactor.run_once() == 5000  # still checked, and now due
 
 
-def _copy_rows(rows: list[tuple[int, np.ndarray | None]]) -> bytes:
-    """PostgreSQL binary COPY of (integer, bigint[]) rows, per its documented format."""
-    out = [b"PGCOPY\n\xff\r\n\x00", struct.pack(">ii", 0, 0)]
-    for hash_value, entries in rows:
-        if entries is None:  # NULL
-            out.append(struct.pack(">hiii", 2, 4, hash_value, -1))
-            continue
-        if entries.size:
-            array = struct.pack(">iiiii", 1, 0, 20, entries.size, 1) + b"".join(
-                struct.pack(">iq", 8, int(e)) for e in entries
-            )
-        else:
-            array = struct.pack(">iii", 0, 0, 20)
-        out.append(struct.pack(">hii", 2, 4, hash_value) + struct.pack(">i", len(array)) + array)
-    out.append(b"\xff\xff")
-    return b"".join(out)
+def _array_send(entries: np.ndarray | None) -> bytes | None:
+    """What PostgreSQL's array_send() returns for a bigint[], per its binary format."""
+    if entries is None:  # NULL
+        return None
+    if entries.size == 0:
+        return struct.pack(">iii", 0, 0, 20)
+    return struct.pack(">iiiii", 1, 0, 20, entries.size, 1) + b"".join(
+        struct.pack(">iq", 8, int(e)) for e in entries
+    )
+
+
+def _rows(rows: list[tuple[int, np.ndarray | None]]) -> list[tuple[int, bytes | None]]:
+    return [(hash_value, _array_send(entries)) for hash_value, entries in rows]
 
 
 def test_packed_rows_decode_to_one_posting_per_entry() -> None:
     first = pack_entries(np.array([3, 3, 9]), np.array([0, 70_000, 2**31 - 1]))
     second = pack_entries(np.array([1]), np.array([12]))
-    (hashes, tracks, times), left_out = decode_packed_postings(
-        _copy_rows([(-5, first), (7, np.empty(0, np.int64)), (9, None), (2**23 - 1, second)])
+    (hashes, tracks, times), left_out = decode_entry_arrays(
+        _rows([(-5, first), (7, np.empty(0, np.int64)), (9, None), (2**23 - 1, second)])
     )
     assert left_out == 1
     assert hashes.tolist() == [2**32 - 5] * 3 + [2**23 - 1]  # unsigned, bit for bit
@@ -101,7 +103,7 @@ def test_packed_rows_decode_to_one_posting_per_entry() -> None:
 
 
 def test_no_rows_decode_to_no_postings() -> None:
-    (hashes, tracks, times), left_out = decode_packed_postings(_copy_rows([]))
+    (hashes, tracks, times), left_out = decode_entry_arrays([])
     assert hashes.size == tracks.size == times.size == left_out == 0
 
 
@@ -148,7 +150,15 @@ async def test_a_failed_flush_is_tried_again() -> None:
 def test_an_array_that_is_not_one_dimensional_is_refused() -> None:
     # A 2-D int8[] of one element: its header has one more (size, lower bound) pair.
     array = struct.pack(">iiiiiii", 2, 0, 20, 1, 1, 1, 1) + struct.pack(">iq", 8, 5)
-    row = struct.pack(">hii", 2, 4, 7) + struct.pack(">i", len(array)) + array
-    data = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0) + row + b"\xff\xff"
     with pytest.raises(ValueError, match="1-D"):
-        decode_packed_postings(data)
+        decode_entry_arrays([(7, array)])
+
+
+def test_hashes_are_bound_as_a_binary_int4_array_bit_for_bit() -> None:
+    dumper = _HashArrayDumper(HashArray)
+    data = dumper.dump(HashArray(np.array([0, 7, 2**32 - 5], dtype=np.uint32)))
+    assert dumper.oid == 1007  # int4[]
+    assert struct.unpack_from(">iiiii", data) == (1, 0, 23, 3, 1)
+    values = struct.unpack_from(">" + "ii" * 3, data, 20)
+    assert values == (4, 0, 4, 7, 4, -5)  # unsigned hashes travel as signed int4
+    assert dumper.dump(HashArray(np.zeros(0, np.uint32))) == struct.pack(">iii", 0, 0, 23)

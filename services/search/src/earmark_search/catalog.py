@@ -2,8 +2,10 @@
 
 Writes go through binary COPY built with numpy (no per-row Python work) into
 `recent_postings`; `compact` later packs them into one `bigint[]` row per hash
-(schema.py). Lookups read both parts in one COPY statement and are parsed with
-numpy, so a clip's postings cost one round trip whatever their number.
+(schema.py). Lookups read both parts in one prepared statement, with the
+clip's hashes bound as one binary array and each row's entries returned as
+array_send() bytes parsed with numpy, so a clip's postings cost one round trip
+and no per-posting Python work whatever their number.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import psycopg
 from psycopg import AsyncConnection
+from psycopg.adapt import Dumper
+from psycopg.postgres import types as pg_types
+from psycopg.pq import Format
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -57,10 +63,10 @@ def encode_postings(hashes: np.ndarray, track_key: int, times: np.ndarray) -> by
 # One packed entry: track_key in the high 32 bits, the landmark's frame in the low.
 _ENTRY_TRACK_SHIFT = 32
 _ENTRY_TIME_MASK = 0xFFFFFFFF
-# A binary int8[] array element: its length (always 8), then the value.
-_ROW_START = struct.Struct(">hiii")  # fields, hash length, hash, array length (-1: NULL)
+# array_send() of an int8[]: a header, then a (length, value) pair per element.
 _EMPTY_ARRAY_BYTES = 12  # ndim 0, flags, element type
 _ARRAY_HEADER_BYTES = 20  # ndim 1, flags, element type, size, lower bound
+_INT4_OID = 23
 
 Postings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -71,44 +77,66 @@ def pack_entries(track_keys: np.ndarray, times: np.ndarray) -> np.ndarray:
     )
 
 
-def decode_packed_postings(data: bytes) -> tuple[Postings, int]:
-    """Parse binary COPY rows of (hash integer, entries bigint[]) into postings.
+class HashArray:
+    """A clip's distinct hashes, bound to a statement as one binary int4[].
 
-    Returns the postings and how many rows came without entries (NULL: a hash
-    left out by a postings budget). The Python loop only walks the row
-    headers (a row's length is in its header); the entries of every row are
-    then gathered at once. A 1-D int8 array of n elements without NULLs is 20
-    header bytes and n (length 8, value) pairs, so n follows from its length.
+    psycopg would dump a list of Python ints element by element and the
+    server parse a text literal of thousands of numbers; this is two numpy
+    calls on the way out and a copy on the way in.
     """
-    end = len(data) - len(_COPY_TRAILER)
-    pos = len(_COPY_HEADER)
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+
+class _HashArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = pg_types["int4"].array_oid
+
+    def dump(self, obj: HashArray) -> bytes:
+        n = obj.values.size
+        if n == 0:
+            return struct.pack(">iii", 0, 0, _INT4_OID)
+        body = np.empty(n, dtype=[("length", ">i4"), ("value", ">i4")])
+        body["length"] = 4
+        body["value"] = obj.values.astype("<u4").view("<i4")
+        return struct.pack(">iiiii", 1, 0, _INT4_OID, n, 1) + body.tobytes()
+
+
+# Global, so that every connection of every pool binds HashArray the same way.
+psycopg.adapters.register_dumper(HashArray, _HashArrayDumper)
+
+
+def decode_entry_arrays(rows: Sequence[tuple[int, bytes | None]]) -> tuple[Postings, int]:
+    """Postings from (hash, array_send(entries)) rows; also how many rows were NULL.
+
+    A NULL is a hash left out by a postings budget. The Python loop only
+    collects each row's bytes; the entries of every row are then gathered at
+    once. A 1-D int8 array of n elements without NULLs is 20 header bytes and
+    n (length 8, value) pairs, so n follows from its length.
+    """
     row_hashes: list[int] = []
-    array_starts: list[int] = []
-    array_lengths: list[int] = []
+    blobs: list[bytes] = []
     skipped = 0
-    unpack = _ROW_START.unpack_from
-    header = _ROW_START.size
-    while pos < end:
-        _fields, _, hash_value, array_len = unpack(data, pos)
-        pos += header
-        if array_len < 0:
+    for hash_value, blob in rows:
+        if blob is None:
             skipped += 1
-            continue
-        if array_len > _EMPTY_ARRAY_BYTES:
+        elif len(blob) > _EMPTY_ARRAY_BYTES:
             row_hashes.append(hash_value)
-            array_starts.append(pos)
-            array_lengths.append(array_len)
-        pos += array_len
-    if not row_hashes:
+            blobs.append(blob)
+    if not blobs:
         empty = np.empty(0, dtype=np.int64)
         return (np.empty(0, dtype="<u4"), empty, empty), skipped
-    raw = np.frombuffer(data, dtype=np.uint8)
-    starts = np.asarray(array_starts, dtype=np.int64)
-    counts = (np.asarray(array_lengths, dtype=np.int64) - _ARRAY_HEADER_BYTES) // 12
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
+    raw = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    counts = (lengths - _ARRAY_HEADER_BYTES) // 12
     dims = _gather_be(raw, starts, 4, ">i4")
     sizes = _gather_be(raw, starts + 12, 4, ">i4")
     if not (np.all(dims == 1) and np.array_equal(sizes, counts)):
-        raise ValueError("unexpected array layout in the postings COPY (not 1-D int8[])")
+        raise ValueError("unexpected array layout in the postings (not 1-D int8[])")
     # Value j of a row sits at start + 20 + 12 j + 4 (after its length field).
     first = np.repeat(starts + _ARRAY_HEADER_BYTES + 4, counts)
     index = concat_ranges(np.zeros_like(counts), counts)  # j within each row
@@ -179,8 +207,18 @@ _TRACK_COLUMNS = (
 )
 
 
+# Lookups read both parts of the index in one statement, so they see one
+# snapshot: a compaction moving postings between them is seen before or
+# after, never halfway. Entries travel as array_send() bytes, which numpy
+# parses at once, and the statements are prepared once per connection.
+_RECENT_ROWS = f"""
+    SELECT hash, array_send(array_agg((track_key::bigint << 32) | t::bigint))
+    FROM {SCHEMA}.recent_postings WHERE hash = ANY(%(hashes)s) GROUP BY hash
+"""  # noqa: S608
 _PACKED_ROWS = f"""
-    SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
+    {_RECENT_ROWS}
+    UNION ALL
+    SELECT hash, array_send(entries) FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s)
 """  # noqa: S608
 # The rarest hashes first, while their postings fit the budget. One index probe
 # per hash: each row is read once and its entries ride along to the ranking (a
@@ -188,10 +226,12 @@ _PACKED_ROWS = f"""
 # fetched only for a kept row). A hash left out comes back with NULL entries,
 # so the caller knows that there is more.
 _RAREST_PACKED_ROWS = f"""
-    SELECT hash, CASE WHEN running <= %(budget)s THEN entries END
+    {_RECENT_ROWS}
+    UNION ALL
+    SELECT hash, CASE WHEN running <= %(budget)s THEN array_send(entries) END
     FROM (
         SELECT hash, entries, sum(n) OVER (ORDER BY n, hash) AS running
-        FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s::integer[])
+        FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s)
     ) ranked
 """  # noqa: S608
 # Moves one hash range of recent_postings into packed_postings, appending to
@@ -401,13 +441,8 @@ class Catalog:
         return np.frombuffer(row[0], dtype="<u4") if row else np.zeros(0, np.uint32)
 
     async def postings(self, hashes: np.ndarray) -> Postings:
-        """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip.
-
-        One statement reads both parts of the index, so it sees one snapshot:
-        a compaction moving postings between them is seen before or after,
-        never halfway.
-        """
-        postings, _ = await self._lookup(hashes, _PACKED_ROWS, None)
+        """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip."""
+        postings, _ = await self._lookup(_PACKED_ROWS, hashes, None)
         return postings
 
     async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
@@ -418,35 +453,22 @@ class Catalog:
         the most to read and vote on. The recent part, small by design, is
         always read whole.
         """
-        return await self._lookup(hashes, _RAREST_PACKED_ROWS, max_postings)
+        return await self._lookup(_RAREST_PACKED_ROWS, hashes, max_postings)
 
     async def _lookup(
-        self, hashes: np.ndarray, packed: str, budget: int | None
+        self, statement: str, hashes: np.ndarray, budget: int | None
     ) -> tuple[Postings, int]:
-        unique = np.unique(hashes.astype("<u4")).view("<i4")
+        unique = np.unique(hashes.astype("<u4"))
         if unique.size == 0:
             empty = np.empty(0, dtype=np.int64)
             return (np.empty(0, dtype="<u4"), empty, empty), 0
-        literal = "{" + ",".join(map(str, unique.tolist())) + "}"
-        chunks: list[bytes] = []
-        async with (
-            self._pool.connection() as conn,
-            conn.cursor().copy(
-                f"""
-                COPY (
-                    SELECT hash, array_agg((track_key::bigint << 32) | t::bigint)
-                    FROM {SCHEMA}.recent_postings WHERE hash = ANY(%(hashes)s::integer[])
-                    GROUP BY hash
-                    UNION ALL
-                    {packed}
-                ) TO STDOUT (FORMAT BINARY)
-                """,  # noqa: S608
-                {"hashes": literal, "budget": budget},
-            ) as copy,
-        ):
-            async for chunk in copy:
-                chunks.append(bytes(chunk))
-        return decode_packed_postings(b"".join(chunks))
+        params: dict[str, Any] = {"hashes": HashArray(unique)}
+        if budget is not None:
+            params["budget"] = budget
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(statement, params, prepare=True, binary=True)
+            rows = await cur.fetchall()
+        return decode_entry_arrays(rows)
 
     async def backlog(self) -> tuple[int, int]:
         """(postings waiting in recent_postings, postings of the whole catalog)."""
