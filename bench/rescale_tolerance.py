@@ -7,7 +7,7 @@ Usage::
 
 Prints two tables: (1) top-1 when the clip is rescaled by the true factor times
 (1 + error), one scale only; (2) top-1 and scale chosen by the shipped rescue
-(`RESCALE_FACTORS`, `best_rescaled_matches`) per condition, and its false
+(`RESCALE_FACTORS`, `vote_rescue`) per condition, and its false
 positives on clips of tracks outside the catalog.
 """
 
@@ -26,7 +26,7 @@ from earmark_fingerprint.landmarks import (
     extract_landmarks,
     extract_rescaled_query_landmarks,
 )
-from earmark_search.identify import ScaledQuery, best_rescaled_matches
+from earmark_search.identify import ScaledQuery, vote_rescue
 from earmark_search.matching import rank_matches
 
 SR = SAMPLE_RATE_HZ
@@ -70,8 +70,8 @@ def rescue(cat: MemoryCatalog, clip: np.ndarray, scales: tuple[float, ...]) -> t
     variants = extract_rescaled_query_landmarks(clip, scales)
     queries = [ScaledQuery(s, v.hashes, v.times) for s, v in zip(scales, variants, strict=True)]
     postings = cat.postings(np.concatenate([q.hashes for q in queries]))
-    scale, matches = best_rescaled_matches(queries, postings, max_matches=1)
-    return scale, (matches[0].track_key if matches else -1)
+    voted = vote_rescue(queries, postings, max_matches=1)
+    return voted.scale, (voted.matches[0].track_key if voted.matches else -1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,8 +15,16 @@ from earmark_fingerprint.landmarks import (
     extract_query_landmarks,
     extract_rescaled_query_landmarks,
 )
-from earmark_search.identify import ScaledQuery, best_rescaled_matches
+from earmark_search.identify import (
+    RESCUE_MIN_ALIGNED,
+    RESCUE_MIN_RATIO,
+    VERIFY_MIN_ALIGNED,
+    VERIFY_MIN_RATIO,
+    ScaledQuery,
+    vote_rescue,
+)
 from earmark_search.matching import rank_matches
+from earmark_search.scanning import MIN_DISTINCT_TIMES, aligned_times
 from tests.unit.test_landmarks import TRACK_KEY_BASE, catalog, synth_music
 
 SR = SAMPLE_RATE_HZ
@@ -35,14 +43,19 @@ def postings_for(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return cat_hashes[rows], keys[rows], times[rows]
 
 
-def rescue(clip: np.ndarray) -> tuple[float, list]:
+def scaled_queries(clip: np.ndarray) -> list[ScaledQuery]:
     variants = extract_rescaled_query_landmarks(clip)
-    queries = [
-        ScaledQuery(scale, v.hashes, v.times)
+    return [
+        ScaledQuery(scale, v.hashes, v.times, v.peak_times, v.peak_bins)
         for scale, v in zip(RESCALE_FACTORS, variants, strict=True)
     ]
+
+
+def rescue(clip: np.ndarray) -> tuple[float, list]:
+    queries = scaled_queries(clip)
     postings = postings_for(np.concatenate([q.hashes for q in queries]))
-    return best_rescaled_matches(queries, postings, max_matches=1)
+    voted = vote_rescue(queries, postings, max_matches=1)
+    return voted.scale, voted.matches
 
 
 def _sped_clip(speed: float, seconds: float = 6.0) -> tuple[np.ndarray, float]:
@@ -96,3 +109,55 @@ def test_rescue_finds_nothing_for_music_outside_the_catalog(seed: int) -> None:
 def test_bad_scales_are_refused() -> None:
     with pytest.raises(ValueError, match="scales"):
         extract_rescaled_query_landmarks(np.zeros(SR, np.float32), scales=(3.0,))
+
+
+def _reference_rescue(queries: list[ScaledQuery], postings: tuple, max_matches: int) -> tuple:
+    """The rescue spelt out: every scale ranked on every row, once per rule."""
+    best: tuple[float, list] = (1.0, [])
+    to_verify = None
+    for q in queries:
+        h, t = q.hashes.astype(np.int64), q.times.astype(np.int64)
+        strict = rank_matches(
+            h, t, *postings, max_matches=max_matches,
+            min_aligned=RESCUE_MIN_ALIGNED, min_ratio=RESCUE_MIN_RATIO,
+        )  # fmt: skip
+        strict = [
+            m for m in strict
+            if aligned_times(h, t, postings, m.track_key, m.offset_frames).size
+            >= MIN_DISTINCT_TIMES
+        ]  # fmt: skip
+        if strict and (not best[1] or strict[0].score > best[1][0].score):
+            best = (q.frequency_scale, strict)
+        loose = rank_matches(
+            h, t, *postings, max_matches=max_matches,
+            min_aligned=VERIFY_MIN_ALIGNED, min_ratio=VERIFY_MIN_RATIO,
+        )  # fmt: skip
+        if loose and (to_verify is None or loose[0].score > to_verify[1].score):
+            to_verify = (q.frequency_scale, loose[0])
+    return best, (None if best[1] else to_verify)
+
+
+@pytest.mark.parametrize(
+    ("speed", "seconds", "max_matches", "outcome"),
+    [
+        (1.03, 6.0, 1, "match"),
+        (0.96, 6.0, 3, "match"),
+        (1.03, 1.0, 1, "verify"),  # 1 s: too few votes for the rescue, enough to verify
+        (0.97, 1.0, 2, "verify"),
+        (1.15, 6.0, 1, "nothing"),  # beyond the rescue's scales
+    ],
+)
+def test_one_vote_per_scale_decides_as_ranking_each_rule_on_every_row(
+    speed: float, seconds: float, max_matches: int, outcome: str
+) -> None:
+    clip, _ = _sped_clip(speed, seconds)
+    queries = scaled_queries(clip)
+    postings = postings_for(np.concatenate([q.hashes for q in queries]))
+    voted = vote_rescue(queries, postings, max_matches)
+    (scale, matches), to_verify = _reference_rescue(queries, postings, max_matches)
+    assert outcome == ("match" if matches else "verify" if to_verify else "nothing")
+    assert (voted.scale, voted.matches) == (scale, matches)
+    got = None if voted.candidate is None else (
+        voted.candidate[0].frequency_scale, voted.candidate[1]
+    )  # fmt: skip
+    assert got == to_verify

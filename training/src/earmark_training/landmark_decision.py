@@ -189,7 +189,7 @@ def replay(index: LandmarkIndex, q: EvalQuery) -> dict[str, Any]:
     if plain is not None:
         _add_peak_check(plain, index, lm)
     # Each scale's best candidate (the ranking does not depend on thresholds);
-    # the decision picks among those that pass, as best_rescaled_matches does.
+    # the decision picks among those that pass, as vote_rescue does.
     scales: list[dict[str, Any]] = []
     if hashes.size >= RESCUE_MIN_LANDMARKS:
         for scaled in extract_rescaled_query_landmarks(q.audio):
@@ -228,7 +228,7 @@ def service_decision(row: dict[str, Any]) -> dict[str, Any] | None:
         and f["score"] >= RESCUE_MIN_RATIO * f["runner_up"]
         and f["distinct_times"] >= MIN_DISTINCT_TIMES
     ]
-    # The first scale with the highest score, as best_rescaled_matches keeps it.
+    # The first scale with the highest score, as vote_rescue keeps it.
     if passing:
         return dict(max(passing, key=lambda f: f["score"]))
     # Else one candidate for all scales, verified at its scale (verified_rescue).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,13 @@ from earmark.v1 import common_pb2, search_pb2
 
 from . import fusion
 from .catalog import Catalog
-from .matching import DEFAULT_MIN_ALIGNED, DEFAULT_MIN_RATIO, MatchCandidate, rank_matches
+from .matching import (
+    DEFAULT_MIN_ALIGNED,
+    DEFAULT_MIN_RATIO,
+    MatchCandidate,
+    concat_ranges,
+    rank_matches,
+)
 from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
 from .vector_matching import DEFAULT_K, Hit, QueryView, rank_tracks, rank_views
 from .verification import check_alignment
@@ -82,45 +89,60 @@ class ScaledQuery:
     peak_bins: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
 
 
-def _confident_matches(
-    hashes: np.ndarray,
-    times: np.ndarray,
-    postings: Postings,
-    max_matches: int,
-    min_aligned: int = DEFAULT_MIN_ALIGNED,
-    min_ratio: float = DEFAULT_MIN_RATIO,
-) -> list[MatchCandidate]:
-    """Ranked matches whose votes come from enough distinct moments of the clip."""
+# One vote serves every rule below: each rule is stricter than these, and a
+# ranking does not depend on the thresholds, only where its list is cut.
+_LOOSEST_ALIGNED: Final = min(DEFAULT_MIN_ALIGNED, VERIFY_MIN_ALIGNED, RESCUE_MIN_ALIGNED)
+_LOOSEST_RATIO: Final = min(DEFAULT_MIN_RATIO, VERIFY_MIN_RATIO, RESCUE_MIN_RATIO)
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One clip's (or one scale's) ranked candidates at the loosest thresholds."""
+
+    hashes: np.ndarray  # int64
+    times: np.ndarray  # int64
+    ranked: list[MatchCandidate]
+
+    def confident(
+        self, postings: Postings, min_aligned: int, min_ratio: float
+    ) -> list[MatchCandidate]:
+        """The matches a rule accepts, voted for by enough distinct moments of the clip.
+
+        `rank_matches` with these thresholds would stop at the first candidate
+        that fails them; the vote's runner-ups do not depend on thresholds.
+        """
+        passing = list(
+            itertools.takewhile(
+                lambda m: m.score >= min_aligned and m.score >= min_ratio * m.runner_up,
+                self.ranked,
+            )
+        )
+        return [
+            m
+            for m in passing
+            if aligned_times(self.hashes, self.times, postings, m.track_key, m.offset_frames).size
+            >= MIN_DISTINCT_TIMES
+        ]
+
+    def verification_candidate(self) -> MatchCandidate | None:
+        """The best candidate if it is worth checking peak by peak."""
+        best = self.ranked[0] if self.ranked else None
+        if best is None or best.score < VERIFY_MIN_ALIGNED:
+            return None
+        return best if best.score >= VERIFY_MIN_RATIO * best.runner_up else None
+
+
+def vote(hashes: np.ndarray, times: np.ndarray, postings: Postings, max_matches: int) -> Vote:
+    q_hashes, q_times = hashes.astype(np.int64), times.astype(np.int64)
     ranked = rank_matches(
-        hashes,
-        times,
+        q_hashes,
+        q_times,
         *postings,
         max_matches=max_matches,
-        min_aligned=min_aligned,
-        min_ratio=min_ratio,
+        min_aligned=_LOOSEST_ALIGNED,
+        min_ratio=_LOOSEST_RATIO,
     )
-    q_hashes, q_times = hashes.astype(np.int64), times.astype(np.int64)
-    return [
-        m
-        for m in ranked
-        if aligned_times(q_hashes, q_times, postings, m.track_key, m.offset_frames).size
-        >= MIN_DISTINCT_TIMES
-    ]
-
-
-def verification_candidate(
-    hashes: np.ndarray, times: np.ndarray, postings: Postings
-) -> MatchCandidate | None:
-    """The vote's best candidate if it is worth checking peak by peak."""
-    ranked = rank_matches(
-        hashes,
-        times,
-        *postings,
-        max_matches=1,
-        min_aligned=VERIFY_MIN_ALIGNED,
-        min_ratio=VERIFY_MIN_RATIO,
-    )
-    return ranked[0] if ranked else None
+    return Vote(q_hashes, q_times, ranked)
 
 
 async def verified_match(
@@ -138,48 +160,53 @@ async def verified_match(
     return replace(candidate, confidence=max(candidate.confidence, min_confidence))
 
 
-def best_rescaled_matches(
-    queries: Sequence[ScaledQuery], postings: Postings, max_matches: int
-) -> tuple[float, list[MatchCandidate]]:
-    """The scale whose landmarks align best, and its matches; (1.0, []) if none passes.
+def scale_postings(sorted_postings: Postings, hashes: np.ndarray) -> Postings:
+    """The rows of hash-sorted `sorted_postings` whose hash is among `hashes`."""
+    row_hashes = sorted_postings[0]
+    wanted = np.unique(hashes.astype(row_hashes.dtype))
+    lo = np.searchsorted(row_hashes, wanted, side="left")
+    hi = np.searchsorted(row_hashes, wanted, side="right")
+    rows = concat_ranges(lo.astype(np.int64), (hi - lo).astype(np.int64))
+    return (row_hashes[rows], sorted_postings[1][rows], sorted_postings[2][rows])
+
+
+@dataclass(frozen=True)
+class RescueVote:
+    """The rescue's outcome before any peak is looked at."""
+
+    scale: float  # 1.0 when no scale passes
+    matches: list[MatchCandidate]
+    # When none passes: the scale whose candidate has the most votes, to verify.
+    candidate: tuple[ScaledQuery, MatchCandidate] | None = None
+
+
+def vote_rescue(queries: Sequence[ScaledQuery], postings: Postings, max_matches: int) -> RescueVote:
+    """The scale whose landmarks align best and its matches, else a candidate to verify.
 
     `postings` holds the catalog rows of every scale's hashes (one lookup for
-    all); rows of other scales' hashes never join, so each scale is judged on
-    its own votes, with the rescue's stricter thresholds.
+    all); each scale votes once, on its own rows only, so it is judged on its
+    own votes, with the rescue's stricter thresholds. Ties go to the first
+    scale.
     """
-    best: tuple[float, list[MatchCandidate]] = (1.0, [])
+    order = np.argsort(postings[0], kind="stable")
+    every_row = (postings[0][order], postings[1][order], postings[2][order])
+    best = RescueVote(1.0, [])
+    to_verify: tuple[ScaledQuery, MatchCandidate] | None = None
     for query in queries:
-        ranked = _confident_matches(
-            query.hashes.astype(np.int64),
-            query.times.astype(np.int64),
-            postings,
-            max_matches,
-            RESCUE_MIN_ALIGNED,
-            RESCUE_MIN_RATIO,
-        )
-        if ranked and (not best[1] or ranked[0].score > best[1][0].score):
-            best = (query.frequency_scale, ranked)
-    return best
-
-
-def _best_scaled_candidate(
-    queries: Sequence[ScaledQuery], postings: Postings
-) -> tuple[ScaledQuery, MatchCandidate] | None:
-    """The scale whose verification candidate has the most votes (the first on ties)."""
-    best: tuple[ScaledQuery, MatchCandidate] | None = None
-    for query in queries:
-        if query.peak_times.size == 0 or query.peak_times.size != query.peak_bins.size:
-            continue
-        candidate = verification_candidate(
-            query.hashes.astype(np.int64), query.times.astype(np.int64), postings
-        )
-        if candidate is not None and (best is None or candidate.score > best[1].score):
-            best = (query, candidate)
-    return best
+        rows = scale_postings(every_row, query.hashes)
+        scale_vote = vote(query.hashes, query.times, rows, max_matches)
+        matches = scale_vote.confident(rows, RESCUE_MIN_ALIGNED, RESCUE_MIN_RATIO)
+        if matches and (not best.matches or matches[0].score > best.matches[0].score):
+            best = RescueVote(query.frequency_scale, matches)
+        has_peaks = query.peak_times.size and query.peak_times.size == query.peak_bins.size
+        candidate = scale_vote.verification_candidate() if has_peaks else None
+        if candidate is not None and (to_verify is None or candidate.score > to_verify[1].score):
+            to_verify = (query, candidate)
+    return best if best.matches else RescueVote(1.0, [], to_verify)
 
 
 async def verified_rescue(
-    catalog: Catalog, queries: Sequence[ScaledQuery], postings: Postings
+    catalog: Catalog, rescue: RescueVote
 ) -> tuple[float, list[MatchCandidate]]:
     """The rescue's counterpart of plain verification, at the best candidate's scale.
 
@@ -189,10 +216,9 @@ async def verified_rescue(
     confidence stays the vote's: fused identification asks the neural index
     to confirm it if that is low.
     """
-    best = await asyncio.to_thread(_best_scaled_candidate, queries, postings)
-    if best is None:
-        return 1.0, []
-    query, candidate = best
+    if rescue.matches or rescue.candidate is None:
+        return rescue.scale, rescue.matches
+    query, candidate = rescue.candidate
     verified = await verified_match(
         catalog, candidate, query.peak_times, query.peak_bins, min_confidence=0.0
     )
@@ -248,9 +274,8 @@ async def identify(
         postings, left_out = await catalog.rarest_postings(hashes, postings_budget(hashes))
         looked_up = time.perf_counter()
         min_ratio = plain_min_ratio(hashes.size)
-        ranked = await asyncio.to_thread(
-            _confident_matches, hashes, times, postings, max_matches, min_ratio=min_ratio
-        )
+        plain = await asyncio.to_thread(vote, hashes, times, postings, max_matches)
+        ranked = plain.confident(postings, DEFAULT_MIN_ALIGNED, min_ratio)
         response.timings.lookup_ms = (looked_up - started) * 1000
         response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
         response.postings = len(postings[0])
@@ -259,20 +284,18 @@ async def identify(
             retry_budget = postings_budget(hashes, RETRY_POSTINGS_PER_QUERY_HASH)
             postings, _ = await catalog.rarest_postings(hashes, retry_budget)
             looked_up = time.perf_counter()
-            ranked = await asyncio.to_thread(
-                _confident_matches, hashes, times, postings, max_matches, min_ratio=min_ratio
-            )
+            plain = await asyncio.to_thread(vote, hashes, times, postings, max_matches)
+            ranked = plain.confident(postings, DEFAULT_MIN_ALIGNED, min_ratio)
             response.timings.lookup_ms += (looked_up - started) * 1000
             response.timings.match_ms += (time.perf_counter() - looked_up) * 1000
             response.postings += len(postings[0])
         peak_times = np.frombuffer(landmarks.peak_times, dtype="<u4")
         peak_bins = np.frombuffer(landmarks.peak_bins, dtype="<u4")
-        if not ranked and peak_times.size and peak_times.size == peak_bins.size:
+        candidate = plain.verification_candidate()
+        if not ranked and candidate and peak_times.size and peak_times.size == peak_bins.size:
             started = time.perf_counter()
-            candidate = await asyncio.to_thread(verification_candidate, hashes, times, postings)
-            if candidate is not None:
-                verified = await verified_match(catalog, candidate, peak_times, peak_bins)
-                ranked = [verified] if verified is not None else []
+            verified = await verified_match(catalog, candidate, peak_times, peak_bins)
+            ranked = [verified] if verified is not None else []
             response.timings.verify_ms = (time.perf_counter() - started) * 1000
 
     rescue = bool(use_landmarks and not ranked and rescaled and hashes.size >= RESCUE_MIN_LANDMARKS)
@@ -295,11 +318,8 @@ async def identify(
         if queries:
             every_scale = np.concatenate([q.hashes for q in queries])
             rows, _ = await catalog.rarest_postings(every_scale, postings_budget(every_scale))
-            scale, found = await asyncio.to_thread(
-                best_rescaled_matches, queries, rows, max_matches
-            )
-            if not found:
-                scale, found = await verified_rescue(catalog, queries, rows)
+            voted = await asyncio.to_thread(vote_rescue, queries, rows, max_matches)
+            scale, found = await verified_rescue(catalog, voted)
             response.postings += len(rows[0])
         response.timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
         return fusion.from_landmarks(found, frame_s, scale)
