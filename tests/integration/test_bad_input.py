@@ -12,6 +12,7 @@ import pytest
 
 from bench.synthetic import encode, song, wav_bytes
 from earmark import Earmark
+from earmark.v1 import common_pb2, fingerprint_pb2, fingerprint_pb2_grpc
 from earmark_stack import StackInfo
 from tests.integration.conftest import MAX_UPLOAD_BYTES
 
@@ -141,3 +142,30 @@ def test_unknown_ids_get_clear_statuses(client: Earmark) -> None:
     with pytest.raises(grpc.RpcError) as err:
         client.submission("00000000-0000-0000-0000-000000000000")
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _extract(stack: StackInfo, **request: object) -> fingerprint_pb2.ExtractFingerprintResponse:
+    with grpc.insecure_channel(stack.addr("fingerprint")) as channel:
+        stub = fingerprint_pb2_grpc.FingerprintServiceStub(channel)
+        audio = common_pb2.AudioInput(encoded=wav_bytes(song(11, seconds=4)))
+        reply: fingerprint_pb2.ExtractFingerprintResponse = stub.ExtractFingerprint(
+            fingerprint_pb2.ExtractFingerprintRequest(audio=audio, **request), timeout=60
+        )
+    return reply
+
+
+def test_rescaled_landmarks_can_come_without_the_plain_ones(stack: StackInfo) -> None:
+    both = _extract(stack, rescale=True)
+    only = _extract(stack, rescale=True, omit_landmarks=True)
+    assert both.HasField("landmarks") and len(both.landmarks.hashes) > 0
+    assert not only.HasField("landmarks")
+    assert [r.SerializeToString() for r in only.rescaled] == [
+        r.SerializeToString() for r in both.rescaled
+    ]
+
+
+def test_omitting_the_landmarks_of_an_indexing_extraction_is_refused(stack: StackInfo) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        _extract(stack, purpose=fingerprint_pb2.EXTRACTION_PURPOSE_INDEX, omit_landmarks=True)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "omit_landmarks applies to queries" in (refused.value.details() or "")

@@ -62,8 +62,14 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "neural_rescale applies to queries, not to indexing",
             )
-        landmarks = await fingerprint(samples, query=query)
-        response = fingerprint_pb2.ExtractFingerprintResponse(landmarks=landmarks)
+        if request.omit_landmarks and not query:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "omit_landmarks applies to queries, not to indexing",
+            )
+        response = fingerprint_pb2.ExtractFingerprintResponse()
+        if not request.omit_landmarks:
+            response.landmarks.CopyFrom(await fingerprint(samples, query=query))
         if request.rescale:
             response.rescaled.extend(await rescaled_fingerprints(samples))
         if request.neural:

@@ -106,7 +106,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         """The clip's landmarks at the fingerprinter's frequency scales (a second decode:
         only clips that matched nothing as they are pay for it)."""
         extracted = await self._fingerprint(
-            audio, context, self._ctx.settings.max_clip_s, rescale=True
+            audio, context, self._ctx.settings.max_clip_s, rescale=True, omit_landmarks=True
         )
         return [
             ScaledQuery(
@@ -136,7 +136,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         """The clip's segment vectors at the fingerprinter's pitch views (a second
         decode: only clips whose plain vectors matched nothing pay for it)."""
         extracted = await self._fingerprint(
-            audio, context, self._ctx.settings.max_clip_s, neural_rescale=True
+            audio,
+            context,
+            self._ctx.settings.max_clip_s,
+            neural_rescale=True,
+            omit_landmarks=True,
         )
         views = []
         for v in extracted.neural_rescaled:
@@ -164,6 +168,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         rescale: bool = False,
         neural: bool = False,
         neural_rescale: bool = False,
+        omit_landmarks: bool = False,
     ) -> fingerprint_pb2.ExtractFingerprintResponse:
         """One query extraction by the fingerprint service; its refusals pass through."""
         try:
@@ -176,6 +181,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                         rescale=rescale,
                         neural=neural,
                         neural_rescale=neural_rescale,
+                        omit_landmarks=omit_landmarks,
                     ),
                     timeout=300,
                 )
