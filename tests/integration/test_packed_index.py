@@ -169,6 +169,21 @@ async def test_a_postings_budget_reads_the_rarest_packed_hashes_that_fit(
         assert nothing_left == 0
         # The most common hash is the first to go.
         assert found[np.argmax(counts)] not in set(hashes.tolist())
+
+        # Read in two hash ranges at once: the same postings when neither share
+        # of the budget binds; when they do, each range keeps its rarest within
+        # its share (by distinct hashes, so one range may bind before the whole).
+        roomy = 2 * int(counts.sum())
+        split, split_left = await catalog.rarest_postings(asked, roomy, parts=2)
+        assert split_left == 0 and _as_set(split) == _as_set(everything)
+        (split_hashes, _, _), split_left = await catalog.rarest_postings(asked, budget, parts=2)
+        halves = np.array_split(np.unique(asked.astype("<u4")), 2)
+        for half in halves:
+            kept = np.isin(split_hashes, half)
+            assert kept.sum() <= budget * half.size // asked.size
+            in_half = np.isin(found, half)
+            assert set(split_hashes[kept].tolist()) <= set(found[in_half].tolist())
+        assert split_left > 0 and 0 < split_hashes.size <= budget
     finally:
         for track_id in ids:
             await catalog.delete_track(track_id)

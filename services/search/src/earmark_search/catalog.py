@@ -10,6 +10,7 @@ and no per-posting Python work whatever their number.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import struct
@@ -445,15 +446,36 @@ class Catalog:
         postings, _ = await self._lookup(_PACKED_ROWS, hashes, None)
         return postings
 
-    async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
+    async def rarest_postings(
+        self, hashes: np.ndarray, max_postings: int, *, parts: int = 1
+    ) -> tuple[Postings, int]:
         """Like `postings`, but of the packed rows only the rarest hashes whose
         postings fit in `max_postings`; also how many hashes were left out.
 
         The most common hashes say the least about which track it is, and cost
         the most to read and vote on. The recent part, small by design, is
         always read whole.
+
+        `parts` > 1 splits the distinct hashes into that many hash ranges read
+        at once on as many connections (PostgreSQL runs them on separate
+        cores), each with its share of the budget by distinct hashes (so a
+        range of common hashes may run out before the whole would): for the
+        rescue's lookup of thousands of hashes, whose budget rarely binds. A
+        hash's postings are still read by one statement, so a compaction
+        moving them is seen before or after, never halfway.
         """
-        return await self._lookup(_RAREST_PACKED_ROWS, hashes, max_postings)
+        unique = np.unique(hashes.astype("<u4"))
+        if parts <= 1 or unique.size < 2 * parts:
+            return await self._lookup(_RAREST_PACKED_ROWS, unique, max_postings)
+        ranges = np.array_split(unique, parts)
+        found = await asyncio.gather(
+            *(
+                self._lookup(_RAREST_PACKED_ROWS, r, max_postings * r.size // unique.size)
+                for r in ranges
+            )
+        )
+        postings = tuple(np.concatenate([f[0][i] for f in found]) for i in range(3))
+        return (postings[0], postings[1], postings[2]), sum(f[1] for f in found)
 
     async def _lookup(
         self, statement: str, hashes: np.ndarray, budget: int | None

@@ -44,6 +44,9 @@ RESCUE_MIN_RATIO: Final = 3.0
 # rescaled variant is extracted at two sub-hop shifts instead of four, so it has
 # about half the plain clip's landmarks.
 RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
+# The rescue looks up a dozen scales' hashes (~14 k for a 5 s clip): read in
+# two hash ranges at once, PostgreSQL answers on two cores.
+RESCUE_LOOKUP_PARTS: Final = 2
 # Postings read per distinct query hash, on average, at most, at first: only the
 # rarest hashes are read (Catalog.rarest_postings). It keeps a lookup's cost flat
 # as the catalog grows (bench/scale.py); small catalogs hardly reach it. A clip
@@ -311,17 +314,25 @@ async def identify(
     async def run_rescue() -> list[fusion.FusedMatch]:
         if not rescue or rescaled is None:
             return fusion.from_landmarks(ranked, frame_s)
+        timings = response.timings
         rescue_started = time.perf_counter()
         queries = await rescaled()
         found: list[MatchCandidate] = []
         scale = 1.0
+        extracted = time.perf_counter()
+        timings.rescue_extract_ms = (extracted - rescue_started) * 1000
         if queries:
             every_scale = np.concatenate([q.hashes for q in queries])
-            rows, _ = await catalog.rarest_postings(every_scale, postings_budget(every_scale))
+            rows, _ = await catalog.rarest_postings(
+                every_scale, postings_budget(every_scale), parts=RESCUE_LOOKUP_PARTS
+            )
+            looked_up = time.perf_counter()
+            timings.rescue_lookup_ms = (looked_up - extracted) * 1000
             voted = await asyncio.to_thread(vote_rescue, queries, rows, max_matches)
             scale, found = await verified_rescue(catalog, voted)
+            timings.rescue_vote_ms = (time.perf_counter() - looked_up) * 1000
             response.postings += len(rows[0])
-        response.timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
+        timings.rescue_ms = (time.perf_counter() - rescue_started) * 1000
         return fusion.from_landmarks(found, frame_s, scale)
 
     async def run_neural() -> list[fusion.FusedMatch]:
