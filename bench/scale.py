@@ -293,12 +293,16 @@ class WithBudget:
     async def postings(self, hashes: np.ndarray) -> Postings:
         return await self._catalog.postings(hashes)
 
-    async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
+    async def rarest_postings(
+        self, hashes: np.ndarray, max_postings: int, *, parts: int = 1
+    ) -> tuple[Postings, int]:
         if self._per_hash is None:
             return await self._catalog.postings(hashes), 0
         # identify's retry asks for a multiple of its first budget: keep the ratio.
         scaled = max_postings * self._per_hash // POSTINGS_PER_QUERY_HASH
-        found: tuple[Postings, int] = await self._catalog.rarest_postings(hashes, scaled)
+        found: tuple[Postings, int] = await self._catalog.rarest_postings(
+            hashes, scaled, parts=parts
+        )
         return found
 
     async def tracks_by_key(self, keys: list[int]) -> dict[int, TrackRow]:

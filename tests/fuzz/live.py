@@ -72,7 +72,7 @@ class NoTracks:
         return np.empty(0, dtype="<u4"), empty, empty
 
     async def rarest_postings(
-        self, hashes: np.ndarray, max_postings: int
+        self, hashes: np.ndarray, max_postings: int, *, parts: int = 1
     ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
         return await self.postings(hashes), 0
 

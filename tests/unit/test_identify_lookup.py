@@ -30,7 +30,9 @@ class BudgetedCatalog:
         self.generous = generous
         self.budgets: list[int] = []
 
-    async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
+    async def rarest_postings(
+        self, hashes: np.ndarray, max_postings: int, *, parts: int = 1
+    ) -> tuple[Postings, int]:
         self.budgets.append(max_postings)
         wanted = np.unique(hashes)
         if max_postings < self.generous:
@@ -87,7 +89,9 @@ class FixedCatalog:
     def __init__(self, postings: Postings) -> None:
         self._postings = postings
 
-    async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
+    async def rarest_postings(
+        self, hashes: np.ndarray, max_postings: int, *, parts: int = 1
+    ) -> tuple[Postings, int]:
         return self._postings, 0
 
     async def tracks_by_key(self, keys: list[int]) -> dict[int, TrackRow]:

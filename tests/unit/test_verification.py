@@ -94,7 +94,9 @@ class PeakCatalog:
         self._postings: Postings = (hashes, tracks, times)
         self.peaks_read: list[int] = []
 
-    async def rarest_postings(self, hashes: np.ndarray, max_postings: int) -> tuple[Postings, int]:
+    async def rarest_postings(
+        self, hashes: np.ndarray, max_postings: int, *, parts: int = 1
+    ) -> tuple[Postings, int]:
         return self._postings, 0
 
     async def track_peaks(self, track_key: int) -> np.ndarray:

@@ -148,6 +148,18 @@ def vote(hashes: np.ndarray, times: np.ndarray, postings: Postings, max_matches:
     return Vote(q_hashes, q_times, ranked)
 
 
+def plain_decision(
+    hashes: np.ndarray,
+    times: np.ndarray,
+    postings: Postings,
+    max_matches: int,
+    min_ratio: float,
+) -> tuple[Vote, list[MatchCandidate]]:
+    """The clip's vote, and the matches the plain rule accepts from it."""
+    plain = vote(hashes, times, postings, max_matches)
+    return plain, plain.confident(postings, DEFAULT_MIN_ALIGNED, min_ratio)
+
+
 async def verified_match(
     catalog: Catalog,
     candidate: MatchCandidate,
@@ -201,7 +213,7 @@ def vote_rescue(queries: Sequence[ScaledQuery], postings: Postings, max_matches:
         matches = scale_vote.confident(rows, RESCUE_MIN_ALIGNED, RESCUE_MIN_RATIO)
         if matches and (not best.matches or matches[0].score > best.matches[0].score):
             best = RescueVote(query.frequency_scale, matches)
-        has_peaks = query.peak_times.size and query.peak_times.size == query.peak_bins.size
+        has_peaks = 0 < query.peak_times.size == query.peak_bins.size
         candidate = scale_vote.verification_candidate() if has_peaks else None
         if candidate is not None and (to_verify is None or candidate.score > to_verify[1].score):
             to_verify = (query, candidate)
@@ -277,8 +289,9 @@ async def identify(
         postings, left_out = await catalog.rarest_postings(hashes, postings_budget(hashes))
         looked_up = time.perf_counter()
         min_ratio = plain_min_ratio(hashes.size)
-        plain = await asyncio.to_thread(vote, hashes, times, postings, max_matches)
-        ranked = plain.confident(postings, DEFAULT_MIN_ALIGNED, min_ratio)
+        plain, ranked = await asyncio.to_thread(
+            plain_decision, hashes, times, postings, max_matches, min_ratio
+        )
         response.timings.lookup_ms = (looked_up - started) * 1000
         response.timings.match_ms = (time.perf_counter() - looked_up) * 1000
         response.postings = len(postings[0])
@@ -287,8 +300,9 @@ async def identify(
             retry_budget = postings_budget(hashes, RETRY_POSTINGS_PER_QUERY_HASH)
             postings, _ = await catalog.rarest_postings(hashes, retry_budget)
             looked_up = time.perf_counter()
-            plain = await asyncio.to_thread(vote, hashes, times, postings, max_matches)
-            ranked = plain.confident(postings, DEFAULT_MIN_ALIGNED, min_ratio)
+            plain, ranked = await asyncio.to_thread(
+                plain_decision, hashes, times, postings, max_matches, min_ratio
+            )
             response.timings.lookup_ms += (looked_up - started) * 1000
             response.timings.match_ms += (time.perf_counter() - looked_up) * 1000
             response.postings += len(postings[0])

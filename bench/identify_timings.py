@@ -1,0 +1,112 @@
+"""Where a running stack's Identify spends its time, stage by stage, by path.
+
+Every IdentifyResponse carries the search service's own timings (extraction,
+lookup, vote, peak verification, and the speed/pitch rescue's extraction,
+lookup and vote). This asks a running stack to identify the benchmark's
+queries of a few conditions and lengths with the landmarks method, one call at
+a time, and prints p50/p90/p99 of each stage for the clips answered as they
+are ("plain") and for those that went through the rescue. The catalog is the
+stack's: run it against the one `bench.run --keep --home DIR` leaves, e.g.
+
+    python -m bench.run --methods landmarks --keep --home /tmp/bench-home \\
+        --limit 4 --lengths 5 --conditions clean --no-split --no-docs
+    python -m bench.identify_timings --home /tmp/bench-home --repeat 3
+
+The query set is `bench.run`'s (same split and seed), so the clips are catalog
+tracks' excerpts and held-out ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bench.corpus import DEFAULT_CORPUS_DIR, list_corpus
+from bench.degrade import BenchPlan
+from bench.synthetic import wav_bytes
+
+STAGES = (
+    ("total_ms", "total (search side)"),
+    ("extract_ms", "fingerprint RPC"),
+    ("lookup_ms", "lookup"),
+    ("match_ms", "vote"),
+    ("verify_ms", "peak verification"),
+    ("rescue_ms", "rescue"),
+    ("rescue_extract_ms", "  rescue: rescaled extraction RPC"),
+    ("rescue_lookup_ms", "  rescue: lookup of every scale"),
+    ("rescue_vote_ms", "  rescue: votes and verification"),
+)
+DEFAULT_CONDITIONS = "clean,babble_5db,room,speed_+2pct,speed_-5pct,pitch_+1st"
+
+
+def table(rows: list[dict[str, float]], title: str) -> str:
+    lines = [
+        f"{title}: {len(rows)} calls",
+        "",
+        "| stage | p50 ms | p90 ms | p99 ms |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for key, name in STAGES:
+        values = np.array([r[key] for r in rows])
+        if not values.size or not np.any(values):
+            continue
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        lines.append(f"| {name} | {p50:.1f} | {p90:.1f} | {p99:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--home", type=Path, required=True, help="EARMARK_HOME of a running stack")
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS_DIR)
+    ap.add_argument("--conditions", default=DEFAULT_CONDITIONS)
+    ap.add_argument("--length", type=float, default=5.0, help="clip length, seconds")
+    ap.add_argument("--limit", type=int, default=20, help="catalog tracks queried")
+    ap.add_argument("--repeat", type=int, default=1, help="passes over the queries")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import grpc
+
+    from earmark.v1 import common_pb2, search_pb2, search_pb2_grpc
+    from earmark_stack.stack import read_info
+
+    info = read_info(args.home)
+    if info is None:
+        print(f"no running stack under {args.home}", file=sys.stderr)
+        return 1
+    plan = BenchPlan.of(list_corpus(args.corpus), args.seed, args.limit, args.conditions.split(","))
+    queries = plan.queries([args.length], 1, args.seed)
+    clips = [wav_bytes(q.audio, q.sr) for q in queries]
+    by_path: dict[str, list[dict[str, float]]] = {"plain": [], "rescue": []}
+    with grpc.insecure_channel(info.addr("search")) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        for _ in range(args.repeat):
+            for clip in clips:
+                reply = stub.Identify(
+                    search_pb2.IdentifyRequest(
+                        audio=common_pb2.AudioInput(encoded=clip),
+                        method=search_pb2.IDENTIFY_METHOD_LANDMARKS,
+                    ),
+                    timeout=60,
+                )
+                t = reply.timings
+                row = {key: float(getattr(t, key)) for key, _ in STAGES}
+                by_path["rescue" if t.rescue_ms > 0 else "plain"].append(row)
+    print(
+        f"{len(clips)} clips of {args.length:g} s ({args.conditions}), "
+        f"{args.repeat} pass(es), landmarks method\n"
+    )
+    for path, rows in by_path.items():
+        if rows:
+            print(table(rows, f"answered {'by the rescue' if path == 'rescue' else 'as they are'}"))
+            print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
