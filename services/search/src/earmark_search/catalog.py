@@ -67,7 +67,6 @@ _ENTRY_TIME_MASK = 0xFFFFFFFF
 # array_send() of an int8[]: a header, then a (length, value) pair per element.
 _EMPTY_ARRAY_BYTES = 12  # ndim 0, flags, element type
 _ARRAY_HEADER_BYTES = 20  # ndim 1, flags, element type, size, lower bound
-_INT4_OID = 23
 
 Postings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -90,6 +89,9 @@ class HashArray:
 
     def __init__(self, values: np.ndarray) -> None:
         self.values = values
+
+
+_INT4_OID = pg_types["int4"].oid
 
 
 class _HashArrayDumper(Dumper):
