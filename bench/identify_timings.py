@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for path, rows in by_path.items():
         if rows:
-            print(table(rows, f"answered {'by the rescue' if path == 'rescue' else 'as they are'}"))
+            print(table(rows, "through the rescue" if path == "rescue" else "answered as they are"))
             print()
     return 0
 
