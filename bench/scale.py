@@ -309,6 +309,10 @@ class WithBudget:
         rows: dict[int, TrackRow] = await self._catalog.tracks_by_key(keys)
         return rows
 
+    async def track_peaks(self, track_key: int) -> np.ndarray:
+        # Distractors have no fingerprints row: no peaks, so never verified.
+        return await self._catalog.track_peaks(track_key)
+
 
 @dataclass
 class Pass:
