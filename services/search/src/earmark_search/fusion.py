@@ -24,9 +24,10 @@ AGREEMENT_S: Final = 1.0
 CERTAIN: Final = 0.95
 # A landmark match below this confidence stands only if the neural search, when
 # it ran, confirms it. Replayed on the corpus benchmark's queries with the
-# landmark decision of docs/landmarks.md, 0.6 keeps fused false positives at
-# 5/1190 while fused top-1 stays >= the better method in every cell; 0.5 let 6
-# through, 0.7 lost babble 0 dB clips the neural side cannot confirm.
+# landmark decision of docs/landmarks.md, 0.6 kept fused false positives at
+# 5/1190 while fused top-1 stayed >= the better method in every cell; 0.5 let 6
+# through, 0.7 lost babble 0 dB clips the neural side cannot confirm. With peak
+# verification the benchmark measures 6/1190 (docs/neural.md, "Targets").
 UNCONFIRMED_MIN: Final = 0.6
 
 LANDMARKS: Final = "landmarks"
