@@ -445,7 +445,7 @@ class Catalog:
 
     async def postings(self, hashes: np.ndarray) -> Postings:
         """Every (hash, track_key, t) whose hash is among `hashes`, in one round trip."""
-        postings, _ = await self._lookup(_PACKED_ROWS, hashes, None)
+        postings, _ = await self._lookup(_PACKED_ROWS, np.unique(hashes.astype("<u4")), None)
         return postings
 
     async def rarest_postings(
@@ -480,9 +480,9 @@ class Catalog:
         return (postings[0], postings[1], postings[2]), sum(f[1] for f in found)
 
     async def _lookup(
-        self, statement: str, hashes: np.ndarray, budget: int | None
+        self, statement: str, unique: np.ndarray, budget: int | None
     ) -> tuple[Postings, int]:
-        unique = np.unique(hashes.astype("<u4"))
+        """One lookup statement over `unique`: distinct hashes as uint32."""
         if unique.size == 0:
             empty = np.empty(0, dtype=np.int64)
             return (np.empty(0, dtype="<u4"), empty, empty), 0

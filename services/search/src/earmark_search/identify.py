@@ -115,10 +115,7 @@ class Vote:
         that fails them; the vote's runner-ups do not depend on thresholds.
         """
         passing = list(
-            itertools.takewhile(
-                lambda m: m.score >= min_aligned and m.score >= min_ratio * m.runner_up,
-                self.ranked,
-            )
+            itertools.takewhile(lambda m: _passes(m, min_aligned, min_ratio), self.ranked)
         )
         return [
             m
@@ -130,9 +127,14 @@ class Vote:
     def verification_candidate(self) -> MatchCandidate | None:
         """The best candidate if it is worth checking peak by peak."""
         best = self.ranked[0] if self.ranked else None
-        if best is None or best.score < VERIFY_MIN_ALIGNED:
+        if best is None or not _passes(best, VERIFY_MIN_ALIGNED, VERIFY_MIN_RATIO):
             return None
-        return best if best.score >= VERIFY_MIN_RATIO * best.runner_up else None
+        return best
+
+
+def _passes(match: MatchCandidate, min_aligned: int, min_ratio: float) -> bool:
+    """What `rank_matches` asks of a candidate at these thresholds."""
+    return match.score >= min_aligned and match.score >= min_ratio * match.runner_up
 
 
 def vote(hashes: np.ndarray, times: np.ndarray, postings: Postings, max_matches: int) -> Vote:
