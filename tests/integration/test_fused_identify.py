@@ -69,6 +69,8 @@ def test_neural_alone_finds_the_track_in_milvus(
     assert list(best.methods) == [NEURAL]
     assert best.offset_s == pytest.approx(12.0, abs=1.0)
     assert reply.postings == 0  # no landmark lookup was made
+    # Found by its own vectors: no pitch views were embedded.
+    assert reply.timings.neural_search_ms > 0 and reply.timings.neural_views_extract_ms == 0
 
 
 def test_neural_pitch_views_find_a_transposed_clip(
@@ -83,6 +85,10 @@ def test_neural_pitch_views_find_a_transposed_clip(
     assert best.track.track_id == fused_catalog[8302]
     assert best.frequency_scale == pytest.approx(2 ** (1 / 12), rel=1e-6)
     assert best.offset_s == pytest.approx(8.0, abs=1.0)
+    t = reply.timings
+    assert t.neural_search_ms > 0 and t.neural_views_extract_ms > 0 and t.neural_views_search_ms > 0
+    parts = t.neural_search_ms + t.neural_views_extract_ms + t.neural_views_search_ms
+    assert parts <= t.neural_ms
 
 
 def test_out_of_catalog_clip_matches_nothing_fused(

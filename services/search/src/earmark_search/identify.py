@@ -356,6 +356,7 @@ async def identify(
             return []
         if neural.times_s.size == 0:
             return []
+        timings = response.timings
         neural_started = time.perf_counter()
         # The plain hits are searched once and reused by the pitch views' stage.
         plain_hits = await asyncio.to_thread(vector_search, neural.vectors, DEFAULT_K)
@@ -365,8 +366,12 @@ async def identify(
             neural.vectors,
             vector_search,
         )
+        searched = time.perf_counter()
+        timings.neural_search_ms = (searched - neural_started) * 1000
         if not found and neural_rescaled is not None:
             views = await neural_rescaled()
+            extracted = time.perf_counter()
+            timings.neural_views_extract_ms = (extracted - searched) * 1000
             if views:
                 plain = QueryView(1.0, neural.times_s, neural.vectors)
                 found = await asyncio.to_thread(
@@ -374,7 +379,8 @@ async def identify(
                     [plain, *views],
                     vector_search,
                 )
-        response.timings.neural_ms = (time.perf_counter() - neural_started) * 1000
+                timings.neural_views_search_ms = (time.perf_counter() - extracted) * 1000
+        timings.neural_ms = (time.perf_counter() - neural_started) * 1000
         return fusion.from_neural(found)
 
     landmark_found, neural_found = await asyncio.gather(run_rescue(), run_neural())
