@@ -11,11 +11,15 @@ from bench.synthetic import add_noise, song
 from earmark_fingerprint import neural_frontend as fe
 from earmark_fingerprint.neural import (
     CATALOG_HOP_S,
+    MAX_QUERY_SEGMENTS,
+    MAX_VIEW_SEGMENTS,
+    QUERY_HOP_S,
     NeuralEmbedder,
     default_embedder,
     default_providers,
     hop_frames,
     pitch_view_scales,
+    query_hop_s,
 )
 
 SR = fe.SAMPLE_RATE_HZ
@@ -69,6 +73,25 @@ def test_short_and_empty_clips(embedder: NeuralEmbedder) -> None:
 def test_dense_query_hop(embedder: NeuralEmbedder) -> None:
     res = embedder.embed(song(4, 3.0, SR), hop_s=0.125)
     np.testing.assert_allclose(np.diff(res.times_s), 0.125)
+
+
+@pytest.mark.parametrize("cap", [MAX_QUERY_SEGMENTS, MAX_VIEW_SEGMENTS])
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 3.0, 5.0, 5.2, 10.0, 10.5, 30.0, 60.0])
+def test_query_hop_bounds_the_segments(embedder: NeuralEmbedder, seconds: float, cap: int) -> None:
+    """A query keeps the dense hop while it has at most `cap` segments; a longer
+    one gets the densest odd multiple of half the catalog hop that fits."""
+    clip = song(5, seconds, SR)
+    hop = query_hop_s(clip.size, cap)
+    segments = embedder.embed(clip, hop).times_s.size
+    assert 1 <= segments <= cap
+    half_hops = hop / (CATALOG_HOP_S / 2)
+    assert half_hops == pytest.approx(round(half_hops)) and round(half_hops) % 2 == 1
+    if hop > QUERY_HOP_S:  # the next denser allowed hop would have been too many
+        denser = embedder.embed(clip, hop - CATALOG_HOP_S).times_s.size
+        assert denser > cap
+    # The benchmark's lengths keep the dense hop: 10 s for the clip, 5 s for a view.
+    if seconds <= (10.0 if cap == MAX_QUERY_SEGMENTS else 5.0):
+        assert hop == QUERY_HOP_S
 
 
 def test_offset_clip_matches_its_own_track_segments(embedder: NeuralEmbedder) -> None:

@@ -23,7 +23,12 @@ from scipy.signal import resample_poly
 from bench.corpus import CorpusTrack, decode_audio
 from bench.degrade import DEFAULT_SR, build_queries, conditions_by_name
 from bench.report import QueryRecord
-from earmark_fingerprint.neural import QUERY_HOP_S, NeuralEmbedder
+from earmark_fingerprint.neural import (
+    MAX_QUERY_SEGMENTS,
+    MAX_VIEW_SEGMENTS,
+    NeuralEmbedder,
+    query_hop_s,
+)
 from earmark_search.vector_matching import (
     DEFAULT_CALIBRATION,
     PITCHED_CALIBRATION,
@@ -199,12 +204,14 @@ def score_queries(
     *,
     k: int,
     catalog_hop_s: float,
-    query_hop_s: float = QUERY_HOP_S,
+    query_hop: float | None = None,
     freq_scales: Sequence[float] = (1.0,),
     log: Callable[[str], None] | None = None,
 ) -> list[Scored]:
     """Each query's best candidate over its views (the clip embedded at each of
-    ``freq_scales``), with the margin to the best other track."""
+    ``freq_scales``), with the margin to the best other track. ``query_hop``:
+    one hop for every query and view; by default each gets the service's
+    (``neural.query_hop_s``, fewer segments for a pitch view)."""
     out: list[Scored] = []
     started = time.monotonic()
     for n, q in enumerate(queries, 1):
@@ -213,7 +220,9 @@ def score_queries(
                 f"{time.monotonic() - started:.0f} s")  # fmt: skip
         views = []
         for scale in freq_scales:
-            emb = embedder.embed(q.audio, query_hop_s, scale)
+            cap = MAX_QUERY_SEGMENTS if scale == 1.0 else MAX_VIEW_SEGMENTS
+            hop_s = query_hop if query_hop is not None else query_hop_s(q.audio.size, cap)
+            emb = embedder.embed(q.audio, hop_s, scale)
             views.append(QueryView(scale, emb.times_s, emb.vectors))
         cands, floor = score_views(views, catalog.index.search, k=k, catalog_hop_s=catalog_hop_s)
         segments = views[0].times_s.size

@@ -34,11 +34,15 @@ from bench.corpus import DEFAULT_CORPUS_DIR, decode_audio
 from bench.degrade import DEFAULT_LENGTHS
 from earmark_fingerprint.neural import (
     CATALOG_HOP_S,
+    MAX_QUERY_SEGMENTS,
+    MAX_VIEW_SEGMENTS,
     PITCH_VIEW_SEMITONES,
     QUERY_HOP_S,
+    Embeddings,
     NeuralEmbedder,
     model_path,
     pitch_view_scales,
+    query_hop_s,
 )
 from earmark_search.vector_matching import (
     DEFAULT_CALIBRATION,
@@ -180,6 +184,10 @@ def milvus_report(
     return rows
 
 
+def embed_query(embedder: NeuralEmbedder, audio: np.ndarray, hop_s: float | None) -> Embeddings:
+    return embedder.embed(audio, hop_s or query_hop_s(audio.size))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(prog="python -m earmark_training.evaluate", description=__doc__)
@@ -187,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: shipped)")
     ap.add_argument("--k", type=int, default=DEFAULT_K)
     ap.add_argument("--catalog-hop", type=float, default=CATALOG_HOP_S)
-    ap.add_argument("--query-hop", type=float, default=QUERY_HOP_S)
+    ap.add_argument(
+        "--query-hop",
+        type=float,
+        default=None,
+        help="one query hop for every clip (default: the service's, neural.query_hop_s)",
+    )
     ap.add_argument(
         "--lengths", type=lambda s: [float(x) for x in s.split(",")], default=list(DEFAULT_LENGTHS)
     )
@@ -244,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         queries,
         k=args.k,
         catalog_hop_s=args.catalog_hop,
-        query_hop_s=args.query_hop,
+        query_hop=args.query_hop,
         log=log,
     )
     scored = score()
@@ -271,11 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     neg = summary.neg_total()
     unseen_records = [r for r in records if r.negative or r.track_id not in seen]
     seen_records = [r for r in records if not r.negative and r.track_id in seen]
+    query_hop_text = (
+        f"{args.query_hop:g} s"
+        if args.query_hop
+        else f"{QUERY_HOP_S:g} s up to {MAX_QUERY_SEGMENTS} segments "
+        f"({MAX_VIEW_SEGMENTS} for a pitch view), then wider"
+    )
     out = [
         f"- command: `python -m earmark_training.evaluate {' '.join(argv)}`",
         f"- model: `{embedder.path.name}` ({embedder.meta.get('parameters')} parameters, "
         f"dim {embedder.dim}); k={args.k}, catalog hop {args.catalog_hop:g} s, "
-        f"query hop {args.query_hop:g} s; pitch views {args.pitch_views} st; exact search; "
+        f"query hop {query_hop_text}; pitch views {args.pitch_views} st; exact search; "
         f"{calibration}; pitch views: {pitched_calibration}",
         f"- catalog: {len(catalog_tracks)} tracks, {hours:.2f} h, {catalog.segments} segments "
         f"({len(seen)} tracks seen in training, {len(catalog_tracks) - len(seen)} unseen); "
@@ -319,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         pick = rng.choice(len(queries), size=min(400, len(queries)), replace=False)
         sample = np.concatenate(
-            [embedder.embed(queries[i].audio, args.query_hop).vectors for i in pick]
+            [embed_query(embedder, queries[i].audio, args.query_hop).vectors for i in pick]
         )
         rows = milvus_report(catalog, sample, args.k, embedder.dim)
         out += [

@@ -18,7 +18,15 @@ from .landmarks import (
     extract_query_landmarks,
     extract_rescaled_query_landmarks,
 )
-from .neural import CATALOG_HOP_S, MODEL_NAME, QUERY_HOP_S, default_embedder, pitch_view_scales
+from .neural import (
+    CATALOG_HOP_S,
+    MAX_QUERY_SEGMENTS,
+    MAX_VIEW_SEGMENTS,
+    MODEL_NAME,
+    default_embedder,
+    pitch_view_scales,
+    query_hop_s,
+)
 
 
 def to_proto(landmarks: Landmarks) -> common_pb2.LandmarkFingerprint:
@@ -84,9 +92,13 @@ async def neural_fingerprint(
     samples: np.ndarray, *, query: bool, freq_scale: float = 1.0
 ) -> common_pb2.NeuralFingerprint:
     """Neural segments: every CATALOG_HOP_S for a track, a denser hop for a query so
-    that one of its segments lies near each catalog segment."""
+    that one of its segments lies near each catalog segment (``query_hop_s``; a
+    pitch view, ``freq_scale`` != 1, gets fewer segments)."""
     embedder = await asyncio.to_thread(default_embedder)
-    hop_s = QUERY_HOP_S if query else CATALOG_HOP_S
+    hop_s = CATALOG_HOP_S
+    if query:
+        cap = MAX_QUERY_SEGMENTS if freq_scale == 1.0 else MAX_VIEW_SEGMENTS
+        hop_s = query_hop_s(samples.size, cap)
     emb = await asyncio.to_thread(embedder.embed, samples, hop_s, freq_scale)
     return common_pb2.NeuralFingerprint(
         model=MODEL_NAME,

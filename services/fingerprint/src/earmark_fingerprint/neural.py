@@ -9,7 +9,8 @@ installed, on the CPU otherwise.
 
 Catalog tracks are embedded every ``CATALOG_HOP_S``; queries use a denser hop
 (``QUERY_HOP_S``) so that one of their segments lies close to a catalog
-segment whatever the query's alignment.
+segment whatever the query's alignment, up to ``MAX_QUERY_SEGMENTS``
+segments (``query_hop_s``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,16 @@ MODEL_NAME: Final = "nafp-small-v2"
 # at most 0.125 s, inside the training jitter. Measured on the benchmark: 1 s
 # top-1 85 % vs 73 % (docs/neural.md); the index doubles to ~7.6 MB/h.
 CATALOG_HOP_S: Final = 0.25
-QUERY_HOP_S: Final = 0.125
+QUERY_HOP_S: Final = CATALOG_HOP_S / 2
+# A query's vector search costs time in proportion to its segments (Milvus Lite
+# searches by brute force, ~0.4 ms per query vector on the benchmark's 4 h
+# catalog), while past a few seconds more segments add little evidence: a
+# longer clip is embedded at a wider hop (``query_hop_s``). 80 keeps a 10 s clip
+# at QUERY_HOP_S. The pitch views, searched only when the clip's own vectors
+# match nothing, are four more searches: each gets at most 32 segments, which
+# keeps a 5 s clip dense (docs/neural.md, "Hops").
+MAX_QUERY_SEGMENTS: Final = 80
+MAX_VIEW_SEGMENTS: Final = 32
 # A clip that matches nothing as it is is searched again read at these pitch
 # offsets (semitones): radio speed-ups, vinyl, transposed covers. Spaced 0.5 st,
 # so no shift within +-1.25 st is more than 0.25 st from a view, well inside
@@ -79,6 +89,19 @@ def hop_frames(hop_s: float) -> int:
     if frames < 1:
         raise ValueError(f"hop {hop_s} s is shorter than one frame ({fe.HOP} samples)")
     return frames
+
+
+def query_hop_s(n_samples: int, max_segments: int = MAX_QUERY_SEGMENTS) -> float:
+    """The hop a query of ``n_samples`` is embedded at: QUERY_HOP_S while that
+    gives at most ``max_segments`` segments, else the smallest (k + 1/2) *
+    CATALOG_HOP_S that does. An odd multiple of half the catalog hop keeps what
+    QUERY_HOP_S (k = 0) is for: every other segment lies within a quarter
+    catalog hop of a catalog segment, whatever the clip's alignment."""
+    span = fe.n_frames(max(n_samples, fe.SEGMENT_SAMPLES)) - fe.SEGMENT_FRAMES
+    k = 0
+    while span // hop_frames((k + 0.5) * CATALOG_HOP_S) + 1 > max_segments:
+        k += 1
+    return (k + 0.5) * CATALOG_HOP_S
 
 
 @dataclass(frozen=True)
