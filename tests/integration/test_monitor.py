@@ -284,9 +284,11 @@ def test_a_killed_monitor_is_replaced_and_no_play_is_logged_twice(
     assert first.started_at == pytest.approx(_at(live, 1.0), abs=2.0)
     # One play, extended by the replica that took over after the kill.
     assert first.ended_at == pytest.approx(_at(live, 39.0), abs=2.5)
-    assert first.track_offset_s == pytest.approx(0.0, abs=0.5)
+    # Offsets within 1 s (issue 3's tolerance for start times): on a loaded
+    # 2-core CI runner the first window can be answered 0.51 s into the track.
+    assert first.track_offset_s == pytest.approx(0.0, abs=1.0)
     assert second.started_at == pytest.approx(_at(live, 41.0), abs=2.0)
-    assert second.track_offset_s == pytest.approx(5.0, abs=0.5)
+    assert second.track_offset_s == pytest.approx(5.0, abs=1.0)
     assert not second.playing
     # Plays of that hour, and none before it.
     hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
