@@ -23,12 +23,7 @@ from scipy.signal import resample_poly
 from bench.corpus import CorpusTrack, decode_audio
 from bench.degrade import DEFAULT_SR, build_queries, conditions_by_name
 from bench.report import QueryRecord
-from earmark_fingerprint.neural import (
-    MAX_QUERY_SEGMENTS,
-    MAX_VIEW_SEGMENTS,
-    NeuralEmbedder,
-    query_hop_s,
-)
+from earmark_fingerprint.neural import NeuralEmbedder, max_query_segments, query_hop_s
 from earmark_search.vector_matching import (
     DEFAULT_CALIBRATION,
     PITCHED_CALIBRATION,
@@ -220,7 +215,7 @@ def score_queries(
                 f"{time.monotonic() - started:.0f} s")  # fmt: skip
         views = []
         for scale in freq_scales:
-            cap = MAX_QUERY_SEGMENTS if scale == 1.0 else MAX_VIEW_SEGMENTS
+            cap = max_query_segments(scale)
             hop_s = query_hop if query_hop is not None else query_hop_s(q.audio.size, cap)
             emb = embedder.embed(q.audio, hop_s, scale)
             views.append(QueryView(scale, emb.times_s, emb.vectors))

@@ -20,10 +20,9 @@ from .landmarks import (
 )
 from .neural import (
     CATALOG_HOP_S,
-    MAX_QUERY_SEGMENTS,
-    MAX_VIEW_SEGMENTS,
     MODEL_NAME,
     default_embedder,
+    max_query_segments,
     pitch_view_scales,
     query_hop_s,
 )
@@ -95,10 +94,7 @@ async def neural_fingerprint(
     that one of its segments lies near each catalog segment (``query_hop_s``; a
     pitch view, ``freq_scale`` != 1, gets fewer segments)."""
     embedder = await asyncio.to_thread(default_embedder)
-    hop_s = CATALOG_HOP_S
-    if query:
-        cap = MAX_QUERY_SEGMENTS if freq_scale == 1.0 else MAX_VIEW_SEGMENTS
-        hop_s = query_hop_s(samples.size, cap)
+    hop_s = query_hop_s(samples.size, max_query_segments(freq_scale)) if query else CATALOG_HOP_S
     emb = await asyncio.to_thread(embedder.embed, samples, hop_s, freq_scale)
     return common_pb2.NeuralFingerprint(
         model=MODEL_NAME,

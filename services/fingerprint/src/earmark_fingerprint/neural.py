@@ -91,6 +91,11 @@ def hop_frames(hop_s: float) -> int:
     return frames
 
 
+def max_query_segments(freq_scale: float = 1.0) -> int:
+    """The segment cap of a query view: the clip as it is, or a pitch view."""
+    return MAX_QUERY_SEGMENTS if freq_scale == 1.0 else MAX_VIEW_SEGMENTS
+
+
 def query_hop_s(n_samples: int, max_segments: int = MAX_QUERY_SEGMENTS) -> float:
     """The hop a query of ``n_samples`` is embedded at: QUERY_HOP_S while that
     gives at most ``max_segments`` segments, else the smallest (k + 1/2) *
