@@ -129,6 +129,65 @@ def test_speed_changed_clip_stays_aligned() -> None:
     assert plain.aligned < qt.size
 
 
+def reference_scores(
+    qt: np.ndarray, hits: list[list[Hit]], hop: float, speeds: tuple[float, ...]
+) -> dict[int, tuple[float, float, float, int]]:
+    """The scoring rule in plain loops: per track, (score, start, speed, aligned)."""
+    n = len(qt)
+    floor = [min((h[2] for h in hs), default=0.0) for hs in hits]
+    tol = hop / 2 + 1e-6
+    out: dict[int, tuple[float, float, float, int]] = {}
+    for key in sorted({h[0] for hs in hits for h in hs}):
+        best = (-1.0, 0.0, 1.0, 0)
+        for speed in sorted(speeds, key=lambda r: (abs(r - 1.0), r)):
+            rows = [
+                (j, t - speed * qt[j], s - floor[j])
+                for j, hs in enumerate(hits)
+                for k, t, s in hs
+                if k == key
+            ]
+            for centre in sorted({round(off, 3) for _, off, _ in rows}):
+                near = [(j, off, g) for j, off, g in rows if abs(off - centre) <= tol]
+                per_seg = [
+                    max((g for j, _, g in near if j == seg), default=0.0) for seg in range(n)
+                ]
+                total = sum(per_seg)
+                if total > best[0] + 1e-12:
+                    weight = sum(g for _, _, g in near)
+                    start = sum(g * off for _, off, g in near) / weight if weight else centre
+                    best = (total, start, speed, sum(1 for g in per_seg if g > 0))
+        out[key] = ((sum(floor) + max(best[0], 0.0)) / n, best[1], best[2], best[3])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_scoring_matches_the_rule_spelled_out_in_loops(seed: int) -> None:
+    # Similarities are binary fractions, so sums are exact in any order and ties
+    # (common here: few distinct values) are broken the same way.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 14))
+    qt = np.arange(n) * float(rng.choice([0.125, 0.375, 0.5]))
+    hits: list[list[Hit]] = [
+        [
+            (
+                int(rng.integers(0, 4)),
+                float(rng.integers(0, 40)) * 0.25,
+                float(rng.choice([0.5, 0.625, 0.75, 0.875])),
+            )
+            for _ in range(int(rng.integers(0, 7)))
+        ]
+        for _ in range(n)
+    ]
+    speeds = (1.0, 0.97, 1.03, 1.06)
+    got = score_candidates(qt, hits, catalog_hop_s=0.25, speeds=speeds)
+    want = reference_scores(qt, hits, 0.25, speeds)
+    assert [c.track_key for c in got] == sorted(want, key=lambda k: -want[k][0])
+    for c in got:
+        score, start, speed, aligned = want[c.track_key]
+        assert (c.score, c.speed, c.aligned) == (pytest.approx(score), speed, aligned)
+        assert c.offset_s == pytest.approx(start)
+
+
 def test_pitch_views_search_once_and_keep_the_view_that_aligns(
     catalog: tuple[ExactIndex, dict[int, np.ndarray]],
 ) -> None:

@@ -162,7 +162,13 @@ def score_candidates(
     catalog_hop_s: float = DEFAULT_CATALOG_HOP_S,
     speeds: Sequence[float] = DEFAULT_SPEEDS,
 ) -> list[Candidate]:
-    """The best (track, start, speed) each track's hits support, best track first."""
+    """The best (track, start, speed) each track's hits support, best track first.
+
+    Vectorised over tracks: for each speed, every track's candidate starts (the
+    distinct starts its hits imply, to the millisecond) are windowed over its
+    hits sorted by implied start, so the work is the number of (start, hit)
+    pairs that actually align, not starts x hits.
+    """
     qt = np.asarray(query_times, dtype=np.float64)
     if qt.ndim != 1 or len(hits) != qt.size:
         raise ValueError(f"{len(hits)} hit lists for {qt.size} query segments")
@@ -172,45 +178,97 @@ def score_candidates(
         return []
     tolerance = catalog_hop_s / 2 + 1e-6
     base = float(floor.sum())
-    gain_all = sim - floor[q]
-    order = np.argsort(track, kind="stable")
-    q, track, ctime, gain_all = q[order], track[order], ctime[order], gain_all[order]
-    bounds = np.flatnonzero(np.diff(track)) + 1
-    out: list[Candidate] = []
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, track.size], strict=True):
-        t_q, t_time, t_gain = q[lo:hi], ctime[lo:hi], gain_all[lo:hi]
-        best_total, best = -1.0, (0.0, 1.0, 0)
-        # Nearest to 1.0 first, so a tie keeps the plainer explanation.
-        for speed in sorted(speeds, key=lambda r: (abs(r - 1.0), r)):
-            # Query time t plays track time start + speed * t.
-            t_off = t_time - speed * qt[t_q]
-            # Candidate starts: the distinct starts this track's hits imply.
-            centres = np.unique(np.round(t_off, 3))
-            near = np.abs(t_off[None, :] - centres[:, None]) <= tolerance  # [cands, hits]
-            # Best gain per (candidate, query segment): each segment counts once.
-            per_seg = np.zeros((centres.size, n), dtype=np.float64)
-            rows = np.repeat(np.arange(centres.size), t_q.size)
-            np.maximum.at(per_seg, (rows, np.tile(t_q, centres.size)), (near * t_gain).ravel())
-            totals = per_seg.sum(axis=1)
-            c = int(np.argmax(totals))
-            if totals[c] > best_total + 1e-12:
-                # Refine the start: gain-weighted mean of the window's implied starts.
-                w = near[c] * t_gain
-                start = float(np.sum(w * t_off) / w.sum()) if w.sum() > 0 else float(centres[c])
-                best_total = float(totals[c])
-                best = (start, float(speed), int(np.count_nonzero(per_seg[c] > 0)))
-        out.append(
-            Candidate(
-                track_key=int(track[lo]),
-                offset_s=best[0],
-                score=(base + max(best_total, 0.0)) / n,
-                aligned=best[2],
-                segments=n,
-                speed=best[1],
-            )
+    gain = sim - floor[q]
+    tracks, group = np.unique(track, return_inverse=True)
+    best_total = np.full(tracks.size, -1.0)
+    best_start = np.zeros(tracks.size)
+    best_speed = np.ones(tracks.size)
+    best_aligned = np.zeros(tracks.size, dtype=np.int64)
+    # Nearest to 1.0 first, so a tie keeps the plainer explanation.
+    for speed in sorted(speeds, key=lambda r: (abs(r - 1.0), r)):
+        # Query time t plays track time start + speed * t.
+        t_off = ctime - speed * qt[q]
+        total, start, aligned = _best_starts(group, tracks.size, t_off, q, gain, n, tolerance)
+        better = total > best_total + 1e-12
+        best_total[better] = total[better]
+        best_start[better] = start[better]
+        best_speed[better] = float(speed)
+        best_aligned[better] = aligned[better]
+    out = [
+        Candidate(
+            track_key=int(tracks[i]),
+            offset_s=float(best_start[i]),
+            score=(base + max(float(best_total[i]), 0.0)) / n,
+            aligned=int(best_aligned[i]),
+            segments=n,
+            speed=float(best_speed[i]),
         )
+        for i in range(tracks.size)
+    ]
     out.sort(key=lambda c: c.score, reverse=True)
     return out
+
+
+# Tracks' implied starts are laid end to end on one axis, this far apart
+# (seconds), so one sorted array and one searchsorted serve every track.
+_TRACK_SPAN_S: Final = 1e7
+
+
+def _best_starts(
+    group: IntArray,
+    n_tracks: int,
+    t_off: npt.NDArray[np.float64],
+    q: IntArray,
+    gain: npt.NDArray[np.float64],
+    n_segments: int,
+    tolerance: float,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], IntArray]:
+    """Per track, at one speed: the best candidate start's total gain (each query
+    segment counts its best hit once), its gain-weighted start, its aligned segments."""
+    rounded = np.round(t_off, 3)
+    by_centre = np.lexsort((rounded, group))
+    distinct = np.ones(by_centre.size, dtype=bool)
+    distinct[1:] = (group[by_centre[1:]] != group[by_centre[:-1]]) | (
+        rounded[by_centre[1:]] != rounded[by_centre[:-1]]
+    )
+    c_group = group[by_centre[distinct]]
+    centres = rounded[by_centre[distinct]]
+    order = np.lexsort((t_off, group))
+    axis = group[order] * _TRACK_SPAN_S + t_off[order]
+    c_axis = c_group * _TRACK_SPAN_S + centres
+    # A little wider than the window: the shift rounds; the exact test follows.
+    lo = np.searchsorted(axis, c_axis - tolerance - 1e-3, side="left")
+    hi = np.searchsorted(axis, c_axis + tolerance + 1e-3, side="right")
+    counts = hi - lo
+    pair_centre = np.repeat(np.arange(centres.size), counts)
+    pair_hit = order[np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())]
+    keep = (group[pair_hit] == c_group[pair_centre]) & (
+        np.abs(t_off[pair_hit] - centres[pair_centre]) <= tolerance
+    )
+    pair_centre, pair_hit = pair_centre[keep], pair_hit[keep]
+    pair_gain = gain[pair_hit]
+    # Best gain per (centre, query segment): first row of each key, gain descending.
+    seg_key = pair_centre * n_segments + q[pair_hit]
+    by_key = np.lexsort((-pair_gain, seg_key))
+    first = np.ones(by_key.size, dtype=bool)
+    first[1:] = seg_key[by_key[1:]] != seg_key[by_key[:-1]]
+    kept = by_key[first]
+    totals = np.bincount(pair_centre[kept], weights=pair_gain[kept], minlength=centres.size)
+    aligned = np.bincount(
+        pair_centre[kept], weights=pair_gain[kept] > 0, minlength=centres.size
+    ).astype(np.int64)
+    weight = np.bincount(pair_centre, weights=pair_gain, minlength=centres.size)
+    moment = np.bincount(pair_centre, weights=pair_gain * t_off[pair_hit], minlength=centres.size)
+    # Each track's best centre; a tie keeps the earliest start.
+    best = np.lexsort((np.arange(centres.size), -totals, c_group))
+    head = np.ones(best.size, dtype=bool)
+    head[1:] = c_group[best[1:]] != c_group[best[:-1]]
+    winner = np.full(n_tracks, -1, dtype=np.int64)
+    winner[c_group[best[head]]] = best[head]
+    total = np.asarray(totals[winner], dtype=np.float64)
+    w = weight[winner]
+    start = np.where(w > 0, moment[winner] / np.where(w > 0, w, 1.0), centres[winner])
+    return total, np.asarray(start, dtype=np.float64), aligned[winner]
 
 
 def best_per_track(candidates: Sequence[Candidate]) -> list[Candidate]:
