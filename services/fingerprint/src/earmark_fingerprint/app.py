@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -67,16 +68,30 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "omit_landmarks applies to queries, not to indexing",
             )
+        # The parts run side by side: each is numpy or ONNX Runtime work in a
+        # thread, which releases the GIL, so a clip's landmarks and its
+        # embedding cost the longer of the two, not their sum.
+        landmarks, rescaled, neural, neural_rescaled = await asyncio.gather(
+            _none() if request.omit_landmarks else fingerprint(samples, query=query),
+            rescaled_fingerprints(samples) if request.rescale else _none(),
+            neural_fingerprint(samples, query=query) if request.neural else _none(),
+            rescaled_neural_fingerprints(samples) if request.neural_rescale else _none(),
+        )
         response = fingerprint_pb2.ExtractFingerprintResponse()
-        if not request.omit_landmarks:
-            response.landmarks.CopyFrom(await fingerprint(samples, query=query))
-        if request.rescale:
-            response.rescaled.extend(await rescaled_fingerprints(samples))
-        if request.neural:
-            response.neural.CopyFrom(await neural_fingerprint(samples, query=query))
-        if request.neural_rescale:
-            response.neural_rescaled.extend(await rescaled_neural_fingerprints(samples))
+        if landmarks is not None:
+            response.landmarks.CopyFrom(landmarks)
+        if rescaled is not None:
+            response.rescaled.extend(rescaled)
+        if neural is not None:
+            response.neural.CopyFrom(neural)
+        if neural_rescaled is not None:
+            response.neural_rescaled.extend(neural_rescaled)
         return response
+
+
+async def _none() -> None:
+    """A part that was not asked for."""
+    return None
 
 
 class SubmissionFingerprinter:
