@@ -70,6 +70,27 @@ def test_short_and_empty_clips(embedder: NeuralEmbedder) -> None:
         hop_frames(0.01)
 
 
+@pytest.mark.parametrize("seconds", [0.0, 0.6, 1.0, 5.0, 10.0])
+def test_views_embedded_together_equal_each_embedded_alone(
+    embedder: NeuralEmbedder, seconds: float
+) -> None:
+    x = song(5, seconds, SR) if seconds else np.zeros(0, np.float32)
+    views = [(0.125, 1.0), *[(0.375, s) for s in pitch_view_scales()]]
+    together = embedder.embed_views(x, views)
+    assert len(together) == len(views)
+    for (hop_s, scale), got in zip(views, together, strict=True):
+        alone = embedder.embed(x, hop_s, scale)
+        np.testing.assert_array_equal(got.times_s, alone.times_s)
+        np.testing.assert_allclose(got.vectors, alone.vectors, atol=1e-6)
+        assert got.vectors.shape == (alone.times_s.size, 128)
+
+
+def test_the_service_embeds_on_one_thread_per_run(embedder: NeuralEmbedder) -> None:
+    # Concurrent requests are the service's parallelism (docs/neural.md).
+    options = embedder.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+
+
 def test_dense_query_hop(embedder: NeuralEmbedder) -> None:
     res = embedder.embed(song(4, 3.0, SR), hop_s=0.125)
     np.testing.assert_allclose(np.diff(res.times_s), 0.125)

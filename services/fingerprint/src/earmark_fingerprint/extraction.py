@@ -21,6 +21,7 @@ from .landmarks import (
 from .neural import (
     CATALOG_HOP_S,
     MODEL_NAME,
+    Embeddings,
     default_embedder,
     max_query_segments,
     pitch_view_scales,
@@ -94,23 +95,38 @@ async def neural_fingerprint(
     that one of its segments lies near each catalog segment (``query_hop_s``; a
     pitch view, ``freq_scale`` != 1, gets fewer segments)."""
     embedder = await asyncio.to_thread(default_embedder)
-    hop_s = query_hop_s(samples.size, max_query_segments(freq_scale)) if query else CATALOG_HOP_S
+    hop_s = _hop_s(samples, query, freq_scale)
     emb = await asyncio.to_thread(embedder.embed, samples, hop_s, freq_scale)
+    return _to_proto(emb, hop_s, embedder.dim)
+
+
+async def rescaled_neural_fingerprints(samples: np.ndarray) -> list[fingerprint_pb2.ScaledNeural]:
+    """The query's segment vectors at each pitch view (neural.PITCH_VIEW_SEMITONES),
+    every view's segments in one batched model run."""
+    embedder = await asyncio.to_thread(default_embedder)
+    scales = pitch_view_scales()
+    hops = [_hop_s(samples, True, scale) for scale in scales]
+    asked = list(zip(hops, scales, strict=True))
+    views = await asyncio.to_thread(embedder.embed_views, samples, asked)
+    return [
+        fingerprint_pb2.ScaledNeural(
+            frequency_scale=scale, neural=_to_proto(emb, hop_s, embedder.dim)
+        )
+        for scale, hop_s, emb in zip(scales, hops, views, strict=True)
+    ]
+
+
+def _hop_s(samples: np.ndarray, query: bool, freq_scale: float) -> float:
+    if not query:
+        return CATALOG_HOP_S
+    return query_hop_s(samples.size, max_query_segments(freq_scale))
+
+
+def _to_proto(emb: Embeddings, hop_s: float, dim: int) -> common_pb2.NeuralFingerprint:
     return common_pb2.NeuralFingerprint(
         model=MODEL_NAME,
-        dim=embedder.dim,
+        dim=dim,
         hop_s=hop_s,
         vectors=np.ascontiguousarray(emb.vectors, dtype="<f4").tobytes(),
         times=np.ascontiguousarray(emb.times_s, dtype="<f4").tobytes(),
     )
-
-
-async def rescaled_neural_fingerprints(samples: np.ndarray) -> list[fingerprint_pb2.ScaledNeural]:
-    """The query's segment vectors at each pitch view (neural.PITCH_VIEW_SEMITONES)."""
-    return [
-        fingerprint_pb2.ScaledNeural(
-            frequency_scale=scale,
-            neural=await neural_fingerprint(samples, query=True, freq_scale=scale),
-        )
-        for scale in pitch_view_scales()
-    ]

@@ -168,25 +168,51 @@ class NeuralEmbedder:
         (``neural_frontend.mel_matrix``): a query pitched up by s is embedded as
         its original with ``freq_scale=s``.
         """
+        (embeddings,) = self.embed_views(samples, [(hop_s, freq_scale)])
+        return embeddings
+
+    def embed_views(
+        self, samples: npt.ArrayLike, views: Sequence[tuple[float, float]]
+    ) -> list[Embeddings]:
+        """``embed`` at each ``(hop_s, freq_scale)`` view, the views' segments run
+        through the model together: a short clip's pitch views are a few
+        segments each, and a run of this small model costs about as much for
+        one segment as for a batch of them."""
         x = np.asarray(samples, dtype=np.float32)
         if x.ndim != 1:
             raise ValueError(f"expected mono samples, got shape {x.shape}")
         if x.size == 0:
-            return Embeddings(np.zeros(0), np.zeros((0, self.dim), dtype=np.float32))
+            empty = Embeddings(np.zeros(0), np.zeros((0, self.dim), dtype=np.float32))
+            return [empty for _ in views]
         if x.size < fe.SEGMENT_SAMPLES:
             x = np.pad(x, (0, fe.SEGMENT_SAMPLES - x.size))
-        mel = fe.log_mel(x, freq_scale)
-        starts = fe.segment_starts(mel.shape[0], hop_frames(hop_s))
-        vectors = self.embed_segments(fe.segments(mel, starts))
-        return Embeddings(fe.frame_time_s(starts), vectors)
+        starts, stacks = [], []
+        for hop_s, freq_scale in views:
+            mel = fe.log_mel(x, freq_scale)
+            starts.append(fe.segment_starts(mel.shape[0], hop_frames(hop_s)))
+            stacks.append(fe.segments(mel, starts[-1]))
+        vectors = self.embed_segments(np.concatenate(stacks))
+        bounds = np.cumsum([len(s) for s in starts])[:-1]
+        return [
+            Embeddings(fe.frame_time_s(view_starts), view_vectors)
+            for view_starts, view_vectors in zip(starts, np.split(vectors, bounds), strict=True)
+        ]
 
 
 _lock = threading.Lock()
 
 
+# One intra-op thread per run: the service runs many embeddings at once
+# (gRPC calls, ingest workers), each in its own thread. A run that spread over
+# every core would wait at each operator for a thread another process had
+# taken: measured on 2 cores, a 1 s clip's pitch views took ~60 ms inside an
+# Identify against ~6 ms alone (docs/neural.md).
+SERVICE_THREADS: Final = 1
+
+
 @cache
 def _shared(name: str) -> NeuralEmbedder:
-    return NeuralEmbedder(model_path(name))
+    return NeuralEmbedder(model_path(name), threads=SERVICE_THREADS)
 
 
 def default_embedder(name: str = MODEL_NAME) -> NeuralEmbedder:
