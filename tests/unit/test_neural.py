@@ -85,6 +85,10 @@ def test_views_embedded_together_equal_each_embedded_alone(
         assert got.vectors.shape == (alone.times_s.size, 128)
 
 
+def test_no_views_asked_embeds_nothing(embedder: NeuralEmbedder) -> None:
+    assert embedder.embed_views(song(6, 2.0, SR), []) == []
+
+
 def test_the_service_embeds_on_one_thread_per_run(embedder: NeuralEmbedder) -> None:
     # Concurrent requests are the service's parallelism (docs/neural.md).
     options = embedder.session.get_session_options()

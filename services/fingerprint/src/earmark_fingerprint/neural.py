@@ -181,6 +181,8 @@ class NeuralEmbedder:
         x = np.asarray(samples, dtype=np.float32)
         if x.ndim != 1:
             raise ValueError(f"expected mono samples, got shape {x.shape}")
+        if not views:
+            return []
         if x.size == 0:
             empty = Embeddings(np.zeros(0), np.zeros((0, self.dim), dtype=np.float32))
             return [empty for _ in views]
