@@ -150,12 +150,17 @@ def test_unknown_ids_get_clear_statuses(client: Earmark) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def _extract(stack: StackInfo, **request: object) -> fingerprint_pb2.ExtractFingerprintResponse:
+def _extract(
+    stack: StackInfo, encoded: bytes | None = None, **request: object
+) -> fingerprint_pb2.ExtractFingerprintResponse:
     with grpc.insecure_channel(stack.addr("fingerprint")) as channel:
         stub = fingerprint_pb2_grpc.FingerprintServiceStub(channel)
-        audio = common_pb2.AudioInput(encoded=wav_bytes(song(11, seconds=4)))
+        if "decoded" not in request:
+            data = encoded if encoded is not None else wav_bytes(song(11, seconds=4))
+            request["audio"] = common_pb2.AudioInput(encoded=data)
         reply: fingerprint_pb2.ExtractFingerprintResponse = stub.ExtractFingerprint(
-            fingerprint_pb2.ExtractFingerprintRequest(audio=audio, **request), timeout=60
+            fingerprint_pb2.ExtractFingerprintRequest(**request),
+            timeout=60,
         )
     return reply
 
@@ -175,3 +180,71 @@ def test_omitting_the_landmarks_of_an_indexing_extraction_is_refused(stack: Stac
         _extract(stack, purpose=fingerprint_pb2.EXTRACTION_PURPOSE_INDEX, omit_landmarks=True)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "omit_landmarks applies to queries" in (refused.value.details() or "")
+
+
+def test_a_decoded_clip_sent_back_gives_the_same_fingerprints(stack: StackInfo) -> None:
+    """Identify's follow-up requests send the clip as fingerprint decoded it the
+    first time; they must see exactly what a decode of the upload gives."""
+    mp3 = encode(song(12, seconds=5), "mp3", bitrate="64k")
+    first = _extract(stack, mp3, return_decoded=True, rescale=True)
+    clip = first.decoded
+    assert clip.sample_rate_hz == 8000
+    assert abs(len(clip.samples) / 4 - 5 * 8000) <= 2000
+    again = _extract(stack, decoded=clip, rescale=True)
+    assert len(first.landmarks.hashes) > 0 and len(first.rescaled) > 0
+    assert again.landmarks.SerializeToString() == first.landmarks.SerializeToString()
+    assert [r.SerializeToString() for r in again.rescaled] == [
+        r.SerializeToString() for r in first.rescaled
+    ]
+    assert not again.HasField("decoded")  # only when asked
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "message"),
+    [
+        (
+            {"decoded": fingerprint_pb2.DecodedClip(samples=b"\0" * 800, sample_rate_hz=16000)},
+            "must be at 8000 Hz",
+        ),
+        (
+            {"decoded": fingerprint_pb2.DecodedClip(samples=b"\0" * 801, sample_rate_hz=8000)},
+            "whole number of float32 samples",
+        ),
+        ({"decoded": fingerprint_pb2.DecodedClip(sample_rate_hz=8000)}, "empty decoded audio"),
+        (
+            {
+                "decoded": fingerprint_pb2.DecodedClip(
+                    samples=bytes.fromhex("0000c07f") * 200, sample_rate_hz=8000
+                )
+            },
+            "not finite",
+        ),
+        (
+            {
+                "decoded": fingerprint_pb2.DecodedClip(
+                    samples=b"\0" * 4 * 8000 * 3, sample_rate_hz=8000
+                ),
+                "max_duration_s": 2.0,
+            },
+            "longer than the 2 s limit",
+        ),
+        (
+            {
+                "decoded": fingerprint_pb2.DecodedClip(samples=b"\0" * 800, sample_rate_hz=8000),
+                "audio": common_pb2.AudioInput(encoded=b"RIFF"),
+            },
+            "not both",
+        ),
+        (
+            {"purpose": fingerprint_pb2.EXTRACTION_PURPOSE_INDEX, "return_decoded": True},
+            "apply to queries",
+        ),
+    ],
+)
+def test_bad_decoded_clips_are_refused(
+    stack: StackInfo, request_fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        _extract(stack, **request_fields)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (refused.value.details() or "")

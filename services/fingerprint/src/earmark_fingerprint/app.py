@@ -21,6 +21,8 @@ from .extraction import (
     rescaled_fingerprints,
     rescaled_neural_fingerprints,
     samples_of,
+    samples_of_decoded,
+    to_decoded,
 )
 
 log = logging.getLogger(__name__)
@@ -42,18 +44,29 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"max_duration_s must be a number of seconds >= 0, got {request.max_duration_s}",
             )
-        try:
-            samples = await samples_of(
-                request.audio,
-                ffmpeg=settings.ffmpeg,
-                max_seconds=min(
-                    request.max_duration_s or settings.max_duration_s, settings.max_duration_s
-                ),
-                memory_mb=settings.ffmpeg_memory_mb,
+        query = request.purpose != fingerprint_pb2.EXTRACTION_PURPOSE_INDEX
+        if request.HasField("decoded") and request.HasField("audio"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set audio or decoded, not both")
+        if (request.HasField("decoded") or request.return_decoded) and not query:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "decoded and return_decoded apply to queries, not to indexing",
             )
+        max_seconds = min(
+            request.max_duration_s or settings.max_duration_s, settings.max_duration_s
+        )
+        try:
+            if request.HasField("decoded"):
+                samples = samples_of_decoded(request.decoded, max_seconds=max_seconds)
+            else:
+                samples = await samples_of(
+                    request.audio,
+                    ffmpeg=settings.ffmpeg,
+                    max_seconds=max_seconds,
+                    memory_mb=settings.ffmpeg_memory_mb,
+                )
         except AudioDecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        query = request.purpose != fingerprint_pb2.EXTRACTION_PURPOSE_INDEX
         if request.rescale and not query:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "rescale applies to queries, not to indexing"
@@ -86,6 +99,8 @@ class FingerprintServicer(fingerprint_pb2_grpc.FingerprintServiceServicer):
             response.neural.CopyFrom(neural)
         if neural_rescaled is not None:
             response.neural_rescaled.extend(neural_rescaled)
+        if request.return_decoded:
+            response.decoded.CopyFrom(to_decoded(samples))
         return response
 
 

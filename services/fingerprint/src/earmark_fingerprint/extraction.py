@@ -68,9 +68,38 @@ async def samples_of(
         )
     else:
         raise AudioDecodeError("no audio given: set audio.encoded or audio.pcm")
+    return within_limit(samples, max_seconds)
+
+
+def within_limit(samples: np.ndarray, max_seconds: float) -> np.ndarray:
     if len(samples) > max_seconds * SAMPLE_RATE_HZ:
         raise AudioDecodeError(f"audio is longer than the {max_seconds:.0f} s limit")
     return samples
+
+
+def to_decoded(samples: np.ndarray) -> fingerprint_pb2.DecodedClip:
+    """The samples a request was analysed from, for a follow-up request."""
+    return fingerprint_pb2.DecodedClip(
+        samples=np.ascontiguousarray(samples, dtype="<f4").tobytes(),
+        sample_rate_hz=SAMPLE_RATE_HZ,
+    )
+
+
+def samples_of_decoded(clip: fingerprint_pb2.DecodedClip, *, max_seconds: float) -> np.ndarray:
+    """A DecodedClip sent back: checked as strictly as any upload, never resampled."""
+    if clip.sample_rate_hz != SAMPLE_RATE_HZ:
+        raise AudioDecodeError(
+            f"decoded audio must be at {SAMPLE_RATE_HZ} Hz, as this service returns it; "
+            f"got {clip.sample_rate_hz} Hz"
+        )
+    if not clip.samples:
+        raise AudioDecodeError("empty decoded audio")
+    if len(clip.samples) % 4:
+        raise AudioDecodeError("decoded audio is not a whole number of float32 samples")
+    samples = np.frombuffer(clip.samples, dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(samples)):
+        raise AudioDecodeError("decoded audio holds samples that are not finite numbers")
+    return within_limit(samples, max_seconds)
 
 
 async def fingerprint(samples: np.ndarray, *, query: bool) -> common_pb2.LandmarkFingerprint:

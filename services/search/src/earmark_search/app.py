@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 import numpy as np
@@ -42,6 +43,9 @@ MAX_PAGE_SIZE = 1000
 MAX_SCAN_BYTES = 512 * 1024 * 1024
 # A monitored stream is analysed like a query clip: its frame grid is not the catalog's.
 MONITOR_EXTRACTION = fingerprint_pb2.EXTRACTION_PURPOSE_QUERY
+# What a query extraction is asked about: the upload, or the clip as the
+# fingerprint service decoded it in an earlier request.
+ClipSource: TypeAlias = common_pb2.AudioInput | fingerprint_pb2.DecodedClip
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -77,18 +81,21 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             request.method != search_pb2.IDENTIFY_METHOD_LANDMARKS
         )
         # fingerprint stops decoding at the clip limit and refuses longer clips.
+        # It hands the decoded clip back: the follow-up requests (the rescue,
+        # the pitch views) send that instead of the upload, and skip a decode.
         extracted = await self._fingerprint(
-            audio, context, self._ctx.settings.max_clip_s, neural=neural
+            audio, context, self._ctx.settings.max_clip_s, neural=neural, return_decoded=True
         )
         extracted_at = time.perf_counter()
+        clip: ClipSource = extracted.decoded if extracted.HasField("decoded") else audio
         try:
             response = await identify(
                 self._catalog,
                 extracted.landmarks,
                 max(1, request.max_matches),
                 neural=self._neural_query(extracted.neural) if neural else None,
-                rescaled=lambda: self._rescaled(audio, context),
-                neural_rescaled=lambda: self._neural_rescaled(audio, context),
+                rescaled=lambda: self._rescaled(clip, context),
+                neural_rescaled=lambda: self._neural_rescaled(clip, context),
                 vector_search=self._segments.search if self._segments else None,
                 vector_has_track=self._segments.has_track if self._segments else None,
                 method=request.method,
@@ -101,12 +108,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         raise AssertionError("unreachable")
 
     async def _rescaled(
-        self, audio: common_pb2.AudioInput, context: grpc.aio.ServicerContext
+        self, clip: ClipSource, context: grpc.aio.ServicerContext
     ) -> list[ScaledQuery]:
-        """The clip's landmarks at the fingerprinter's frequency scales (a second decode:
-        only clips that matched nothing as they are pay for it)."""
+        """The clip's landmarks at the fingerprinter's frequency scales (a second
+        request: only clips that matched nothing as they are pay for it)."""
         extracted = await self._fingerprint(
-            audio, context, self._ctx.settings.max_clip_s, rescale=True, omit_landmarks=True
+            clip, context, self._ctx.settings.max_clip_s, rescale=True, omit_landmarks=True
         )
         return [
             ScaledQuery(
@@ -131,12 +138,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return neural_query(nf)
 
     async def _neural_rescaled(
-        self, audio: common_pb2.AudioInput, context: grpc.aio.ServicerContext
+        self, clip: ClipSource, context: grpc.aio.ServicerContext
     ) -> list[QueryView]:
         """The clip's segment vectors at the fingerprinter's pitch views (a second
-        decode: only clips whose plain vectors matched nothing pay for it)."""
+        request: only clips whose plain vectors matched nothing pay for it)."""
         extracted = await self._fingerprint(
-            audio,
+            clip,
             context,
             self._ctx.settings.max_clip_s,
             neural_rescale=True,
@@ -161,7 +168,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def _fingerprint(
         self,
-        audio: common_pb2.AudioInput,
+        clip: ClipSource,
         context: grpc.aio.ServicerContext,
         max_duration_s: float,
         *,
@@ -169,22 +176,25 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         neural: bool = False,
         neural_rescale: bool = False,
         omit_landmarks: bool = False,
+        return_decoded: bool = False,
     ) -> fingerprint_pb2.ExtractFingerprintResponse:
         """One query extraction by the fingerprint service; its refusals pass through."""
+        request = fingerprint_pb2.ExtractFingerprintRequest(
+            purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
+            max_duration_s=max_duration_s,
+            rescale=rescale,
+            neural=neural,
+            neural_rescale=neural_rescale,
+            omit_landmarks=omit_landmarks,
+            return_decoded=return_decoded,
+        )
+        if isinstance(clip, fingerprint_pb2.DecodedClip):
+            request.decoded.CopyFrom(clip)
+        else:
+            request.audio.CopyFrom(clip)
         try:
             extracted: fingerprint_pb2.ExtractFingerprintResponse = (
-                await self._fingerprinter.ExtractFingerprint(
-                    fingerprint_pb2.ExtractFingerprintRequest(
-                        audio=audio,
-                        purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
-                        max_duration_s=max_duration_s,
-                        rescale=rescale,
-                        neural=neural,
-                        neural_rescale=neural_rescale,
-                        omit_landmarks=omit_landmarks,
-                    ),
-                    timeout=300,
-                )
+                await self._fingerprinter.ExtractFingerprint(request, timeout=300)
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
