@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import psycopg
@@ -15,7 +16,9 @@ import pytest
 from earmark.v1 import common_pb2, events_pb2
 from earmark_runtime.db import open_pool
 from earmark_search.catalog import Catalog
+from earmark_search.vectors import IndexChoice, SegmentStore
 from earmark_search.verification import PEAK_BIN_BITS
+from earmark_search.warm_up import warm_up
 from earmark_stack import StackInfo
 
 # Far above the 23 bits the landmark extractor uses, so no other test's tracks share them.
@@ -243,3 +246,25 @@ async def test_a_tracks_peaks_are_kept_replaced_by_a_reindex_and_deleted_with_it
     finally:
         await catalog.delete_track(track_id)
     assert (await catalog.track_peaks(key)).size == 0
+
+
+async def test_the_start_up_warm_up_runs_every_stage_and_writes_nothing(
+    catalog: Catalog, stack: StackInfo, tmp_path: Path
+) -> None:
+    store = SegmentStore(str(tmp_path / "segments.db"), dim=128, index=IndexChoice("FLAT"))
+    try:
+        rng = np.random.default_rng(5)
+        vectors = rng.standard_normal((40, 128)).astype(np.float32)
+        store.write_track(
+            7, np.arange(40) * 0.5, vectors / np.linalg.norm(vectors, axis=1)[:, None]
+        )
+        with psycopg.connect(stack.database_url) as conn:
+            before = conn.execute("SELECT count(*) FROM catalog.postings").fetchone()
+        assert await warm_up(catalog, store)
+        assert await warm_up(catalog, None)
+        with psycopg.connect(stack.database_url) as conn:
+            after = conn.execute("SELECT count(*) FROM catalog.postings").fetchone()
+        assert after == before
+        assert store.has_track(7)
+    finally:
+        store.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 
 import grpc
 
@@ -23,6 +24,7 @@ from .extraction import (
     samples_of,
     samples_of_decoded,
     to_decoded,
+    warm_up,
 )
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,9 @@ async def run() -> None:
         )
     )
     servicer = FingerprintServicer(ctx)
+    started = time.perf_counter()
+    await warm_up()
+    log.info("model loaded and warmed up in %.2f s", time.perf_counter() - started)
     await run_server(
         bind=ctx.settings.grpc_bind,
         full_service_names=[SERVICE_NAME],

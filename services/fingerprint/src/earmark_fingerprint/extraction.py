@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import wave
 
 import numpy as np
 
@@ -143,6 +145,27 @@ async def rescaled_neural_fingerprints(samples: np.ndarray) -> list[fingerprint_
         )
         for scale, hop_s, emb in zip(scales, hops, views, strict=True)
     ]
+
+
+async def warm_up() -> None:
+    """Every extraction once on 2 s of noise, before the service reports SERVING:
+    loading the ONNX model and the first runs cost ~0.7 s, which the first
+    Identify after a start or a rollout would otherwise pay."""
+    rate = 44_100  # a WAV upload's usual rate: its resampler is part of the first call
+    noise = np.random.default_rng(0).standard_normal(2 * rate)
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((3000 * noise).astype("<i2").tobytes())
+    clip = await samples_of(common_pb2.AudioInput(encoded=wav.getvalue()), ffmpeg="", max_seconds=3)
+    await asyncio.gather(
+        fingerprint(clip, query=True),
+        rescaled_fingerprints(clip),
+        neural_fingerprint(clip, query=True),
+        rescaled_neural_fingerprints(clip),
+    )
 
 
 def _hop_s(samples: np.ndarray, query: bool, freq_scale: float) -> float:

@@ -35,6 +35,7 @@ from .live_landmarks import SAMPLE_RATE_HZ
 from .schema import MIGRATIONS, SCHEMA
 from .vector_matching import QueryView
 from .vectors import SegmentStore
+from .warm_up import warm_up
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -531,6 +532,7 @@ async def run() -> None:
         )
     )
     servicer = SearchServicer(ctx, catalog, fingerprinter, segments)
+    await warm_up(catalog, segments)
 
     async def shutdown() -> None:
         await ctx.close()
