@@ -149,8 +149,9 @@ async def rescaled_neural_fingerprints(samples: np.ndarray) -> list[fingerprint_
 
 async def warm_up() -> None:
     """Every extraction once on 2 s of noise, before the service reports SERVING:
-    loading the ONNX model and the first runs cost ~0.7 s, which the first
-    Identify after a start or a rollout would otherwise pay."""
+    importing SciPy's resampler, building the ONNX session and the first runs
+    cost ~0.7 s, which the first Identify after a start or a rollout would
+    otherwise pay."""
     rate = 44_100  # a WAV upload's usual rate: its resampler is part of the first call
     noise = np.random.default_rng(0).standard_normal(2 * rate)
     wav = io.BytesIO()
