@@ -7,6 +7,9 @@ that it hung.
 
 from __future__ import annotations
 
+import math
+import struct
+
 import grpc
 import pytest
 from google.protobuf.message import Message
@@ -51,17 +54,38 @@ def audio_inputs(draw: st.DrawFn) -> common_pb2.AudioInput:
     )
 
 
+# A clip "as fingerprint decoded it", as a hostile caller might send it back.
+decoded_clips = st.builds(
+    fingerprint_pb2.DecodedClip,
+    samples=st.one_of(
+        st.binary(max_size=8192),
+        st.lists(floats, max_size=2048).map(
+            lambda xs: struct.pack(f"<{len(xs)}f", *(_f32(x) for x in xs))
+        ),
+    ),
+    sample_rate_hz=st.one_of(st.sampled_from(INTERESTING_U32), st.just(8000)),
+)
+
+
+def _f32(x: float) -> float:
+    """A Python float as float32 can hold it (out-of-range values become infinite)."""
+    return x if not math.isfinite(x) or abs(x) < 3.4e38 else math.copysign(math.inf, x)
+
+
 def structured(method: str) -> st.SearchStrategy[list[Message]]:
     """Well-formed requests of `method` with hostile field values."""
     if method == FINGERPRINT:
         return st.builds(
             fingerprint_pb2.ExtractFingerprintRequest,
-            audio=audio_inputs(),
+            audio=st.one_of(audio_inputs(), st.none()),
             purpose=st.integers(0, 5),
             max_duration_s=floats,
             rescale=st.booleans(),
             neural=st.booleans(),
             neural_rescale=st.booleans(),
+            omit_landmarks=st.booleans(),
+            return_decoded=st.booleans(),
+            decoded=st.one_of(st.none(), decoded_clips),
         ).map(lambda m: [m])
     if method == SEARCH + "Identify":
         return st.builds(search_pb2.IdentifyRequest, audio=audio_inputs(), max_matches=uints).map(
