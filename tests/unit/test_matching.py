@@ -178,6 +178,25 @@ def test_deterministic_under_posting_order() -> None:
     assert a == b and len(a) == 3
 
 
+def test_postings_already_in_hash_order_are_joined_as_they_are() -> None:
+    """The rescue sorts its rows by hash once and votes every scale on them;
+    extra rows of hashes the query does not hold must change nothing."""
+    qh, qt = query(300)
+    other_hashes = (qh.astype(np.int64) + (1 << 23)).astype(np.uint32)
+    p = cat(
+        postings(qh, qt, 1, 100, np.arange(40)),
+        postings(qh, qt, 2, 100, np.arange(40, 55)),
+        random_rows(qh, 2000, (1, 40), seed=6),
+        random_rows(other_hashes, 3000, (1, 40), seed=8),
+    )
+    order = np.argsort(p[0], kind="stable")
+    by_hash = tuple(col[order] for col in p)
+    loose = {"max_matches": 3, "min_ratio": 1.0, "min_aligned": 1}
+    expected = rank_matches(qh, qt, *p, **loose)
+    joined = rank_matches(qh, qt, *by_hash, postings_sorted=True, **loose)
+    assert joined == expected and len(joined) == 3
+
+
 def test_confidence_is_monotone_and_bounded() -> None:
     scores = np.arange(1, 200)
     for background in (1.0, 3.0, 10.0):

@@ -20,7 +20,6 @@ from .matching import (
     DEFAULT_MIN_ALIGNED,
     DEFAULT_MIN_RATIO,
     MatchCandidate,
-    concat_ranges,
     rank_matches,
 )
 from .scanning import MIN_DISTINCT_TIMES, Postings, aligned_times, scan
@@ -137,7 +136,14 @@ def _passes(match: MatchCandidate, min_aligned: int, min_ratio: float) -> bool:
     return match.score >= min_aligned and match.score >= min_ratio * match.runner_up
 
 
-def vote(hashes: np.ndarray, times: np.ndarray, postings: Postings, max_matches: int) -> Vote:
+def vote(
+    hashes: np.ndarray,
+    times: np.ndarray,
+    postings: Postings,
+    max_matches: int,
+    *,
+    postings_sorted: bool = False,
+) -> Vote:
     q_hashes, q_times = hashes.astype(np.int64), times.astype(np.int64)
     ranked = rank_matches(
         q_hashes,
@@ -146,6 +152,7 @@ def vote(hashes: np.ndarray, times: np.ndarray, postings: Postings, max_matches:
         max_matches=max_matches,
         min_aligned=_LOOSEST_ALIGNED,
         min_ratio=_LOOSEST_RATIO,
+        postings_sorted=postings_sorted,
     )
     return Vote(q_hashes, q_times, ranked)
 
@@ -177,16 +184,6 @@ async def verified_match(
     return replace(candidate, confidence=max(candidate.confidence, min_confidence))
 
 
-def scale_postings(sorted_postings: Postings, hashes: np.ndarray) -> Postings:
-    """The rows of hash-sorted `sorted_postings` whose hash is among `hashes`."""
-    row_hashes = sorted_postings[0]
-    wanted = np.unique(hashes.astype(row_hashes.dtype))
-    lo = np.searchsorted(row_hashes, wanted, side="left")
-    hi = np.searchsorted(row_hashes, wanted, side="right")
-    rows = concat_ranges(lo.astype(np.int64), (hi - lo).astype(np.int64))
-    return (row_hashes[rows], sorted_postings[1][rows], sorted_postings[2][rows])
-
-
 @dataclass(frozen=True)
 class RescueVote:
     """The rescue's outcome before any peak is looked at."""
@@ -201,18 +198,22 @@ def vote_rescue(queries: Sequence[ScaledQuery], postings: Postings, max_matches:
     """The scale whose landmarks align best and its matches, else a candidate to verify.
 
     `postings` holds the catalog rows of every scale's hashes (one lookup for
-    all); each scale votes once, on its own rows only, so it is judged on its
-    own votes, with the rescue's stricter thresholds. Ties go to the first
-    scale.
+    all); each scale votes once, on its own votes only (rows of another
+    scale's hashes never join its landmarks), so it is judged with the
+    rescue's stricter thresholds. The rows are sorted by hash once, and each
+    scale's join searches them as they are. Ties go to the first scale.
     """
     order = np.argsort(postings[0], kind="stable")
-    every_row = (postings[0][order], postings[1][order], postings[2][order])
+    every_row = (
+        postings[0][order].astype(np.int64),
+        postings[1][order].astype(np.int64),
+        postings[2][order].astype(np.int64),
+    )
     best = RescueVote(1.0, [])
     to_verify: tuple[ScaledQuery, MatchCandidate] | None = None
     for query in queries:
-        rows = scale_postings(every_row, query.hashes)
-        scale_vote = vote(query.hashes, query.times, rows, max_matches)
-        matches = scale_vote.confident(rows, RESCUE_MIN_ALIGNED, RESCUE_MIN_RATIO)
+        scale_vote = vote(query.hashes, query.times, every_row, max_matches, postings_sorted=True)
+        matches = scale_vote.confident(every_row, RESCUE_MIN_ALIGNED, RESCUE_MIN_RATIO)
         if matches and (not best.matches or matches[0].score > best.matches[0].score):
             best = RescueVote(query.frequency_scale, matches)
         has_peaks = 0 < query.peak_times.size == query.peak_bins.size

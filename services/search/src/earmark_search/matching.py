@@ -66,6 +66,7 @@ def rank_matches(
     max_matches: int = 1,
     min_aligned: int = DEFAULT_MIN_ALIGNED,
     min_ratio: float = DEFAULT_MIN_RATIO,
+    postings_sorted: bool = False,
 ) -> list[MatchCandidate]:
     """Best-aligned catalog tracks for a query, strongest first.
 
@@ -75,7 +76,8 @@ def rank_matches(
     runner-up: the best score among tracks ranked below it, or the estimated
     random-coincidence level when no track is. Candidates are returned in rank
     order and the list stops at the first one that fails, so ``[]`` means "no
-    confident match".
+    confident match". ``postings_sorted``: the postings are in hash order
+    already (the join then skips sorting them).
     """
     if max_matches < 1:
         raise ValueError(f"max_matches must be >= 1, got {max_matches}")
@@ -92,7 +94,7 @@ def rank_matches(
             f"hashes={ph.size} tracks={ptrack.size} times={pt.size}"
         )
 
-    pairs = join_postings(qh, qt, ph, ptrack, pt)
+    pairs = join_postings(qh, qt, ph, ptrack, pt, sorted_by_hash=postings_sorted)
     if pairs is None:
         return []
     tracks, offsets, q_idx = pairs
@@ -229,12 +231,19 @@ def _background_level(random_pairs: int, offset_span: int) -> float:
 
 
 def join_postings(
-    qh: IntArray, qt: IntArray, ph: IntArray, ptrack: IntArray, pt: IntArray
+    qh: IntArray,
+    qt: IntArray,
+    ph: IntArray,
+    ptrack: IntArray,
+    pt: IntArray,
+    *,
+    sorted_by_hash: bool = False,
 ) -> tuple[IntArray, IntArray, IntArray] | None:
     """Every (query landmark, posting) pair sharing a hash, as (track, offset, query index).
 
     Sorting the postings and binary-searching the few distinct query hashes into
     them is several times cheaper than searching each posting in the query.
+    `sorted_by_hash`: `ph` is in ascending order already, so it is searched as it is.
     """
     if qh.size == 0 or ph.size == 0:
         return None
@@ -242,8 +251,9 @@ def join_postings(
     q_sorted = qh[q_order]
     run_start = np.flatnonzero(np.r_[True, q_sorted[1:] != q_sorted[:-1]])
     run_len = np.diff(np.r_[run_start, q_sorted.size])
-    p_order = np.argsort(ph)  # order among equal hashes is irrelevant downstream
-    p_sorted = ph[p_order]
+    # Order among equal hashes is irrelevant downstream.
+    p_order = np.arange(ph.size) if sorted_by_hash else np.argsort(ph)
+    p_sorted = ph if sorted_by_hash else ph[p_order]
     lo = np.searchsorted(p_sorted, q_sorted[run_start], side="left")
     n_post = np.searchsorted(p_sorted, q_sorted[run_start], side="right") - lo
     if int(n_post.sum()) == 0:
