@@ -95,8 +95,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 extracted.landmarks,
                 max(1, request.max_matches),
                 neural=self._neural_query(extracted.neural) if neural else None,
-                rescaled=lambda: self._rescaled(clip, context),
-                neural_rescaled=lambda: self._neural_rescaled(clip, context),
+                rescaled=lambda: self._rescaled(clip, context, upload=audio),
+                neural_rescaled=lambda: self._neural_rescaled(clip, context, upload=audio),
                 vector_search=self._segments.search if self._segments else None,
                 vector_has_track=self._segments.has_track if self._segments else None,
                 method=request.method,
@@ -109,12 +109,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         raise AssertionError("unreachable")
 
     async def _rescaled(
-        self, clip: ClipSource, context: grpc.aio.ServicerContext
+        self,
+        clip: ClipSource,
+        context: grpc.aio.ServicerContext,
+        upload: common_pb2.AudioInput | None = None,
     ) -> list[ScaledQuery]:
         """The clip's landmarks at the fingerprinter's frequency scales (a second
         request: only clips that matched nothing as they are pay for it)."""
         extracted = await self._fingerprint(
-            clip, context, self._ctx.settings.max_clip_s, rescale=True, omit_landmarks=True
+            clip,
+            context,
+            self._ctx.settings.max_clip_s,
+            rescale=True,
+            omit_landmarks=True,
+            upload=upload,
         )
         return [
             ScaledQuery(
@@ -139,7 +147,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return neural_query(nf)
 
     async def _neural_rescaled(
-        self, clip: ClipSource, context: grpc.aio.ServicerContext
+        self,
+        clip: ClipSource,
+        context: grpc.aio.ServicerContext,
+        upload: common_pb2.AudioInput | None = None,
     ) -> list[QueryView]:
         """The clip's segment vectors at the fingerprinter's pitch views (a second
         request: only clips whose plain vectors matched nothing pay for it)."""
@@ -149,6 +160,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             self._ctx.settings.max_clip_s,
             neural_rescale=True,
             omit_landmarks=True,
+            upload=upload,
         )
         views = []
         for v in extracted.neural_rescaled:
@@ -178,33 +190,53 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         neural_rescale: bool = False,
         omit_landmarks: bool = False,
         return_decoded: bool = False,
+        upload: common_pb2.AudioInput | None = None,
     ) -> fingerprint_pb2.ExtractFingerprintResponse:
-        """One query extraction by the fingerprint service; its refusals pass through."""
-        request = fingerprint_pb2.ExtractFingerprintRequest(
-            purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
-            max_duration_s=max_duration_s,
-            rescale=rescale,
-            neural=neural,
-            neural_rescale=neural_rescale,
-            omit_landmarks=omit_landmarks,
-            return_decoded=return_decoded,
-        )
-        if isinstance(clip, fingerprint_pb2.DecodedClip):
-            request.decoded.CopyFrom(clip)
-        else:
-            request.audio.CopyFrom(clip)
-        try:
-            extracted: fingerprint_pb2.ExtractFingerprintResponse = (
-                await self._fingerprinter.ExtractFingerprint(request, timeout=300)
+        """One query extraction by the fingerprint service; its refusals pass through.
+
+        `upload`: the clip as uploaded, sent instead when a decoded `clip` is
+        refused. A fingerprint replica older than DecodedClip (met during a
+        rollout or a rollback) sees such a request as one with no audio.
+        """
+        sources: list[ClipSource] = [clip]
+        if upload is not None and isinstance(clip, fingerprint_pb2.DecodedClip):
+            sources.append(upload)
+        for attempt, source in enumerate(sources, start=1):
+            request = fingerprint_pb2.ExtractFingerprintRequest(
+                purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
+                max_duration_s=max_duration_s,
+                rescale=rescale,
+                neural=neural,
+                neural_rescale=neural_rescale,
+                omit_landmarks=omit_landmarks,
+                return_decoded=return_decoded,
             )
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.details() or "bad audio")
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"fingerprint service unavailable: {exc.code().name}"
-            )
-            raise AssertionError("unreachable") from exc
-        return extracted
+            if isinstance(source, fingerprint_pb2.DecodedClip):
+                request.decoded.CopyFrom(source)
+            else:
+                request.audio.CopyFrom(source)
+            try:
+                extracted: fingerprint_pb2.ExtractFingerprintResponse = (
+                    await self._fingerprinter.ExtractFingerprint(request, timeout=300)
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    if attempt < len(sources):
+                        log.warning(
+                            "fingerprint refused a decoded clip (%s); sending the upload",
+                            exc.details(),
+                        )
+                        continue
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, exc.details() or "bad audio"
+                    )
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"fingerprint service unavailable: {exc.code().name}",
+                )
+                raise AssertionError("unreachable") from exc
+            return extracted
+        raise AssertionError("unreachable")
 
     async def Scan(
         self,
