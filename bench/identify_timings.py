@@ -22,17 +22,15 @@ tracks' excerpts and held-out ones.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from bench.corpus import DEFAULT_CORPUS_DIR, ffmpeg_exe, list_corpus
+from bench.corpus import DEFAULT_CORPUS_DIR, list_corpus
 from bench.degrade import BenchPlan
-from bench.synthetic import wav_bytes
+from bench.synthetic import encode, wav_bytes
 
 STAGES = (
     ("total_ms", "total (search side)"),
@@ -50,13 +48,8 @@ STAGES = (
     ("neural_views_search_ms", "  neural: search and score the views"),
 )
 METHODS = ("landmarks", "neural", "fused")
-# How a phone app or a browser would upload a clip; wav is decoded without ffmpeg.
-ENCODINGS = {
-    "wav": (),
-    "mp3": ("-c:a", "libmp3lame", "-b:a", "128k"),
-    "ogg": ("-c:a", "libvorbis", "-q:a", "4"),
-    "m4a": ("-c:a", "aac", "-b:a", "128k"),
-}
+# Containers a clip can be uploaded in; all but wav are decoded by ffmpeg.
+FORMATS = ("wav", "mp3", "ogg", "flac", "opus")
 DEFAULT_CONDITIONS = "clean,babble_5db,room,speed_+2pct,speed_-5pct,pitch_+1st"
 
 
@@ -74,18 +67,6 @@ def table(rows: list[dict[str, float]], title: str) -> str:
         p50, p90, p99 = np.percentile(values, [50, 90, 99])
         lines.append(f"| {name} | {p50:.1f} | {p90:.1f} | {p99:.1f} |")
     return "\n".join(lines)
-
-
-def encoded(wav: bytes, fmt: str) -> bytes:
-    """A WAV clip in another container, encoded by ffmpeg (to a file, so that
-    MP3 and M4A get their headers)."""
-    if fmt == "wav":
-        return wav
-    with tempfile.TemporaryDirectory(prefix="earmark-timings-") as tmp:
-        out = Path(tmp) / f"clip.{fmt}"
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", "pipe:0"]
-        subprocess.run([*cmd, *ENCODINGS[fmt], "-y", str(out)], input=wav, check=True)
-        return out.read_bytes()
 
 
 def path_title(rescued: bool, viewed: bool) -> str:
@@ -110,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--method", choices=METHODS, default="landmarks")
     ap.add_argument(
         "--format",
-        choices=sorted(ENCODINGS),
+        choices=FORMATS,
         default="wav",
         help="container the clips are uploaded in (all but wav are decoded by ffmpeg)",
     )
@@ -127,7 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     plan = BenchPlan.of(list_corpus(args.corpus), args.seed, args.limit, args.conditions.split(","))
     queries = plan.queries([args.length], 1, args.seed)
-    clips = [encoded(wav_bytes(q.audio, q.sr), args.format) for q in queries]
+    clips = [
+        wav_bytes(q.audio, q.sr) if args.format == "wav" else encode(q.audio, args.format, q.sr)
+        for q in queries
+    ]
     method = getattr(search_pb2, f"IDENTIFY_METHOD_{args.method.upper()}")
     # A clip's path: whether the landmark rescue ran, whether the neural pitch views did.
     by_path: dict[tuple[bool, bool], list[dict[str, float]]] = {}
