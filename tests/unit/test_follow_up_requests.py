@@ -30,22 +30,24 @@ class Context:
 
 
 class Fingerprinter:
-    """Answers like a fingerprint replica, old (no DecodedClip) or current."""
+    """Answers like a fingerprint replica, old (no DecodedClip) or current, or fails."""
 
-    def __init__(self, knows_decoded: bool) -> None:
+    def __init__(self, knows_decoded: bool, failure: grpc.StatusCode | None = None) -> None:
         self.knows_decoded = knows_decoded
+        self.failure = failure
         self.requests: list[fingerprint_pb2.ExtractFingerprintRequest] = []
 
     async def ExtractFingerprint(
         self, request: fingerprint_pb2.ExtractFingerprintRequest, timeout: float
     ) -> fingerprint_pb2.ExtractFingerprintResponse:
-        self.requests.append(request)
+        sent = fingerprint_pb2.ExtractFingerprintRequest()
+        sent.CopyFrom(request)  # what went over the wire, as gRPC would serialise it
+        self.requests.append(sent)
+        if self.failure is not None:
+            raise _error(self.failure, "bad things")
         if request.HasField("decoded") and not self.knows_decoded:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                details="no audio given: set audio.encoded or audio.pcm",
+            raise _error(
+                grpc.StatusCode.INVALID_ARGUMENT, "no audio given: set audio.encoded or audio.pcm"
             )
         scaled = common_pb2.LandmarkFingerprint(
             hashes=np.array([7, 9], "<u4").tobytes(), times=np.array([1, 2], "<u4").tobytes()
@@ -53,6 +55,10 @@ class Fingerprinter:
         return fingerprint_pb2.ExtractFingerprintResponse(
             rescaled=[fingerprint_pb2.ScaledLandmarks(frequency_scale=1.02, landmarks=scaled)]
         )
+
+
+def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
 
 
 def _servicer(fingerprinter: Fingerprinter) -> SearchServicer:
@@ -63,14 +69,14 @@ def _servicer(fingerprinter: Fingerprinter) -> SearchServicer:
 
 async def test_a_current_replica_gets_the_decoded_clip_only() -> None:
     fingerprinter = Fingerprinter(knows_decoded=True)
-    scaled = await _servicer(fingerprinter)._rescaled(DECODED, Context(), upload=UPLOAD)
+    scaled = await _servicer(fingerprinter)._rescaled(UPLOAD, DECODED, Context())
     assert [r.HasField("decoded") for r in fingerprinter.requests] == [True]
     assert scaled[0].frequency_scale == 1.02 and scaled[0].hashes.tolist() == [7, 9]
 
 
 async def test_an_older_replica_gets_the_upload_after_refusing_the_decoded_clip() -> None:
     fingerprinter = Fingerprinter(knows_decoded=False)
-    scaled = await _servicer(fingerprinter)._rescaled(DECODED, Context(), upload=UPLOAD)
+    scaled = await _servicer(fingerprinter)._rescaled(UPLOAD, DECODED, Context())
     first, second = fingerprinter.requests
     assert first.HasField("decoded") and not first.HasField("audio")
     assert second.audio == UPLOAD and not second.HasField("decoded")
@@ -78,10 +84,18 @@ async def test_an_older_replica_gets_the_upload_after_refusing_the_decoded_clip(
     assert scaled[0].hashes.tolist() == [7, 9]
 
 
-async def test_without_an_upload_to_fall_back_on_the_refusal_reaches_the_caller() -> None:
-    fingerprinter = Fingerprinter(knows_decoded=False)
+async def test_a_refusal_of_the_upload_too_reaches_the_caller() -> None:
+    fingerprinter = Fingerprinter(knows_decoded=True, failure=grpc.StatusCode.INVALID_ARGUMENT)
     with pytest.raises(Aborted) as refused:
-        await _servicer(fingerprinter)._rescaled(DECODED, Context())
+        await _servicer(fingerprinter)._rescaled(UPLOAD, DECODED, Context())
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "no audio given" in str(refused.value)
+    assert "bad things" in str(refused.value)
+    assert [r.HasField("decoded") for r in fingerprinter.requests] == [True, False]
+
+
+async def test_an_unavailable_fingerprint_is_not_asked_twice() -> None:
+    fingerprinter = Fingerprinter(knows_decoded=True, failure=grpc.StatusCode.UNAVAILABLE)
+    with pytest.raises(Aborted) as failed:
+        await _servicer(fingerprinter)._rescaled(UPLOAD, DECODED, Context())
+    assert failed.value.code == grpc.StatusCode.UNAVAILABLE
     assert len(fingerprinter.requests) == 1

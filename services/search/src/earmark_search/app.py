@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TypeAlias
+from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -44,9 +44,6 @@ MAX_PAGE_SIZE = 1000
 MAX_SCAN_BYTES = 512 * 1024 * 1024
 # A monitored stream is analysed like a query clip: its frame grid is not the catalog's.
 MONITOR_EXTRACTION = fingerprint_pb2.EXTRACTION_PURPOSE_QUERY
-# What a query extraction is asked about: the upload, or the clip as the
-# fingerprint service decoded it in an earlier request.
-ClipSource: TypeAlias = common_pb2.AudioInput | fingerprint_pb2.DecodedClip
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -88,15 +85,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             audio, context, self._ctx.settings.max_clip_s, neural=neural, return_decoded=True
         )
         extracted_at = time.perf_counter()
-        clip: ClipSource = extracted.decoded if extracted.HasField("decoded") else audio
+        decoded = extracted.decoded if extracted.HasField("decoded") else None
         try:
             response = await identify(
                 self._catalog,
                 extracted.landmarks,
                 max(1, request.max_matches),
                 neural=self._neural_query(extracted.neural) if neural else None,
-                rescaled=lambda: self._rescaled(clip, context, upload=audio),
-                neural_rescaled=lambda: self._neural_rescaled(clip, context, upload=audio),
+                rescaled=lambda: self._rescaled(audio, decoded, context),
+                neural_rescaled=lambda: self._neural_rescaled(audio, decoded, context),
                 vector_search=self._segments.search if self._segments else None,
                 vector_has_track=self._segments.has_track if self._segments else None,
                 method=request.method,
@@ -110,19 +107,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def _rescaled(
         self,
-        clip: ClipSource,
+        audio: common_pb2.AudioInput,
+        decoded: fingerprint_pb2.DecodedClip | None,
         context: grpc.aio.ServicerContext,
-        upload: common_pb2.AudioInput | None = None,
     ) -> list[ScaledQuery]:
         """The clip's landmarks at the fingerprinter's frequency scales (a second
         request: only clips that matched nothing as they are pay for it)."""
         extracted = await self._fingerprint(
-            clip,
+            audio,
             context,
             self._ctx.settings.max_clip_s,
+            decoded=decoded,
             rescale=True,
             omit_landmarks=True,
-            upload=upload,
         )
         return [
             ScaledQuery(
@@ -148,19 +145,19 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def _neural_rescaled(
         self,
-        clip: ClipSource,
+        audio: common_pb2.AudioInput,
+        decoded: fingerprint_pb2.DecodedClip | None,
         context: grpc.aio.ServicerContext,
-        upload: common_pb2.AudioInput | None = None,
     ) -> list[QueryView]:
         """The clip's segment vectors at the fingerprinter's pitch views (a second
         request: only clips whose plain vectors matched nothing pay for it)."""
         extracted = await self._fingerprint(
-            clip,
+            audio,
             context,
             self._ctx.settings.max_clip_s,
+            decoded=decoded,
             neural_rescale=True,
             omit_landmarks=True,
-            upload=upload,
         )
         views = []
         for v in extracted.neural_rescaled:
@@ -181,62 +178,55 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def _fingerprint(
         self,
-        clip: ClipSource,
+        audio: common_pb2.AudioInput,
         context: grpc.aio.ServicerContext,
         max_duration_s: float,
         *,
+        decoded: fingerprint_pb2.DecodedClip | None = None,
         rescale: bool = False,
         neural: bool = False,
         neural_rescale: bool = False,
         omit_landmarks: bool = False,
         return_decoded: bool = False,
-        upload: common_pb2.AudioInput | None = None,
     ) -> fingerprint_pb2.ExtractFingerprintResponse:
         """One query extraction by the fingerprint service; its refusals pass through.
 
-        `upload`: the clip as uploaded, sent instead when a decoded `clip` is
-        refused. A fingerprint replica older than DecodedClip (met during a
-        rollout or a rollback) sees such a request as one with no audio.
+        `decoded`: the clip as fingerprint decoded it in an earlier request, sent
+        instead of `audio` so that it is not decoded again. A replica older than
+        DecodedClip (met during a rollout or a rollback) refuses such a request
+        as one without audio; `audio` is sent then.
         """
-        sources: list[ClipSource] = [clip]
-        if upload is not None and isinstance(clip, fingerprint_pb2.DecodedClip):
-            sources.append(upload)
-        for attempt, source in enumerate(sources, start=1):
-            request = fingerprint_pb2.ExtractFingerprintRequest(
-                purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
-                max_duration_s=max_duration_s,
-                rescale=rescale,
-                neural=neural,
-                neural_rescale=neural_rescale,
-                omit_landmarks=omit_landmarks,
-                return_decoded=return_decoded,
-            )
-            if isinstance(source, fingerprint_pb2.DecodedClip):
-                request.decoded.CopyFrom(source)
-            else:
-                request.audio.CopyFrom(source)
+        request = fingerprint_pb2.ExtractFingerprintRequest(
+            purpose=fingerprint_pb2.EXTRACTION_PURPOSE_QUERY,
+            max_duration_s=max_duration_s,
+            rescale=rescale,
+            neural=neural,
+            neural_rescale=neural_rescale,
+            omit_landmarks=omit_landmarks,
+            return_decoded=return_decoded,
+        )
+        if decoded is not None:
+            request.decoded.CopyFrom(decoded)
             try:
-                extracted: fingerprint_pb2.ExtractFingerprintResponse = (
+                reply: fingerprint_pb2.ExtractFingerprintResponse = (
                     await self._fingerprinter.ExtractFingerprint(request, timeout=300)
                 )
+                return reply
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    if attempt < len(sources):
-                        log.warning(
-                            "fingerprint refused a decoded clip (%s); sending the upload",
-                            exc.details(),
-                        )
-                        continue
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT, exc.details() or "bad audio"
-                    )
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"fingerprint service unavailable: {exc.code().name}",
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    await _abort_for(context, exc)
+                log.warning(
+                    "fingerprint refused a decoded clip (%s); sending the upload", exc.details()
                 )
-                raise AssertionError("unreachable") from exc
-            return extracted
-        raise AssertionError("unreachable")
+            request.ClearField("decoded")
+        request.audio.CopyFrom(audio)
+        try:
+            extracted: fingerprint_pb2.ExtractFingerprintResponse = (
+                await self._fingerprinter.ExtractFingerprint(request, timeout=300)
+            )
+        except grpc.aio.AioRpcError as exc:
+            await _abort_for(context, exc)
+        return extracted
 
     async def Scan(
         self,
@@ -514,6 +504,16 @@ class Indexer:
             common_pb2.REJECTION_CODE_PROCESSING_FAILED,
             error,
         )
+
+
+async def _abort_for(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError) -> NoReturn:
+    """Pass a fingerprint refusal on as it is; anything else means it is unavailable."""
+    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.details() or "bad audio")
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE, f"fingerprint service unavailable: {exc.code().name}"
+    )
+    raise AssertionError("unreachable") from exc
 
 
 async def open_segments(uri: str) -> SegmentStore | None:
