@@ -252,8 +252,8 @@ def join_postings(
     run_start = np.flatnonzero(np.r_[True, q_sorted[1:] != q_sorted[:-1]])
     run_len = np.diff(np.r_[run_start, q_sorted.size])
     # Order among equal hashes is irrelevant downstream.
-    p_order = np.arange(ph.size) if sorted_by_hash else np.argsort(ph)
-    p_sorted = ph if sorted_by_hash else ph[p_order]
+    p_order = None if sorted_by_hash else np.argsort(ph)
+    p_sorted = ph if p_order is None else ph[p_order]
     lo = np.searchsorted(p_sorted, q_sorted[run_start], side="left")
     n_post = np.searchsorted(p_sorted, q_sorted[run_start], side="right") - lo
     if int(n_post.sum()) == 0:
@@ -262,13 +262,14 @@ def join_postings(
     # landmarks carrying that hash.
     post_pos = concat_ranges(lo, n_post)
     if run_start.size == q_sorted.size:  # usual case: no hash repeats in the query
-        posting = p_order[post_pos]
+        rows = post_pos
         q_idx = q_order[np.repeat(run_start, n_post)]
     else:
         per_post = np.repeat(run_len, n_post)
         q_pos = concat_ranges(np.repeat(run_start, n_post), per_post)
-        posting = p_order[np.repeat(post_pos, per_post)]
+        rows = np.repeat(post_pos, per_post)
         q_idx = q_order[q_pos]
+    posting = rows if p_order is None else p_order[rows]
     return ptrack[posting], pt[posting] - qt[q_idx], q_idx
 
 
