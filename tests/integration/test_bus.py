@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -120,6 +121,58 @@ async def test_transient_failure_is_retried_then_succeeds(nc: NatsClient) -> Non
     )  # fmt: skip
     await _run_until(consumer, done)
     assert attempts == [1, 2, 3]
+
+
+async def test_a_handler_past_its_budget_is_cancelled_and_retried(nc: NatsClient) -> None:
+    """A hung first attempt must not hold the message (or the consumer) for good."""
+    js = nc.jetstream()
+    await bus.publish(js, SUBJECT, _event(43), "indexed:s43")
+    attempts: list[int] = []
+    cancelled = asyncio.Event()
+    done = asyncio.Event()
+
+    async def hangs_once(event: events_pb2.TrackIndexed, delivery: bus.Delivery) -> None:
+        attempts.append(delivery.attempt)
+        if delivery.attempt == 1:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        done.set()
+
+    consumer = bus.Consumer(
+        js, role="t-budget", subject=SUBJECT, message_type=events_pb2.TrackIndexed,
+        handler=hangs_once, fetch_timeout_s=0.3, handler_timeout_s=0.5,
+    )  # fmt: skip
+    await _run_until(consumer, done)
+    assert attempts == [1, 2] and cancelled.is_set()
+
+
+async def test_a_timeout_inside_a_handler_is_an_ordinary_failure(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    await bus.publish(js, SUBJECT, _event(44), "indexed:s44")
+    errors: list[str] = []
+    done = asyncio.Event()
+
+    async def times_out(event: events_pb2.TrackIndexed, delivery: bus.Delivery) -> None:
+        if delivery.attempt == 1:
+            await asyncio.wait_for(asyncio.sleep(3600), timeout=0.05)
+        done.set()
+
+    consumer = bus.Consumer(
+        js, role="t-inner", subject=SUBJECT, message_type=events_pb2.TrackIndexed,
+        handler=times_out, fetch_timeout_s=0.3, handler_timeout_s=30,
+    )  # fmt: skip
+    handler = logging.Handler()
+    handler.emit = lambda record: errors.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(bus.__name__).addHandler(handler)
+    try:
+        await _run_until(consumer, done)
+    finally:
+        logging.getLogger(bus.__name__).removeHandler(handler)
+    failures = [e for e in errors if "attempt 1 failed" in e]
+    assert failures and "TimeoutError" in failures[0] and "within" not in failures[0]
 
 
 async def test_poison_message_is_dead_lettered_and_give_up_hook_runs(nc: NatsClient) -> None:

@@ -60,6 +60,10 @@ class TransientError(Exception):
     """Worth retrying later: a dependency is down or busy."""
 
 
+class HandlerTimeout(Exception):
+    """A handler ran past its consumer's budget; it was cancelled and the event is retried."""
+
+
 class PermanentError(Exception):
     """Retrying cannot help: the message or its data is bad."""
 
@@ -136,6 +140,7 @@ class Consumer(Generic[M]):
         ack_wait_s: float = 60.0,
         max_deliver: int = 20,
         fetch_timeout_s: float = 2.0,
+        handler_timeout_s: float | None = None,
     ) -> None:
         self._js = js
         self.role = role
@@ -147,6 +152,9 @@ class Consumer(Generic[M]):
         self._ack_wait_s = ack_wait_s
         self._max_deliver = max_deliver
         self._fetch_timeout_s = fetch_timeout_s
+        # Heartbeats keep a message ours while its handler runs, so a handler that
+        # never returns would hold it, and the consumer's batch, for good.
+        self._handler_timeout_s = handler_timeout_s
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self.healthy = False
@@ -237,7 +245,7 @@ class Consumer(Generic[M]):
                 return
             beat = asyncio.create_task(self._heartbeat(msg))
             try:
-                await self._handler(payload, Delivery(msg.subject, attempt, msg))
+                await self._run_handler(payload, Delivery(msg.subject, attempt, msg))
             except PermanentError as exc:
                 await self._dead_letter(msg, payload, str(exc))
             except Exception as exc:
@@ -264,6 +272,20 @@ class Consumer(Generic[M]):
                     log.warning("consumer %s could not ack; expecting a redelivery", self.durable)
             finally:
                 beat.cancel()
+
+    async def _run_handler(self, payload: M, delivery: Delivery) -> None:
+        if self._handler_timeout_s is None:
+            await self._handler(payload, delivery)
+            return
+        try:
+            async with asyncio.timeout(self._handler_timeout_s) as budget:
+                await self._handler(payload, delivery)
+        except TimeoutError as exc:
+            if budget.expired():
+                raise HandlerTimeout(
+                    f"handler gave no answer within {self._handler_timeout_s:g} s"
+                ) from exc
+            raise
 
     async def _dead_letter(self, msg: Msg, payload: M | None, error: str) -> None:
         log.error("consumer %s dead-lettering %s: %s", self.durable, msg.subject, error)

@@ -18,6 +18,11 @@ from .config import ConfigError
 log = logging.getLogger(__name__)
 
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")
+# Every data call carries a deadline: pymilvus waits forever by default, and one
+# call stuck on a wedged server would hold an event consumer (and its events) with it.
+CALL_TIMEOUT_S = 60.0
+# Health probes give up after 3 s; the thread a probe runs in must not outlive it by much.
+PING_TIMEOUT_S = 3.0
 
 
 def is_lite(uri: str) -> bool:

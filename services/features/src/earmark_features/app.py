@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 
 import grpc
 import numpy as np
@@ -29,8 +27,9 @@ from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
 
 from . import similarity
-from .descriptors import EXTRACTOR_VERSION, MAX_ANALYSED_S, SAMPLE_RATE_HZ, describe
+from .descriptors import EXTRACTOR_VERSION, MAX_ANALYSED_S, SAMPLE_RATE_HZ
 from .index import BadFilter, Hit, SimilarityIndex, TrackNotIndexed, neighbour_of
+from .workers import DescribeFailed, Extractor
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = features_pb2.DESCRIPTOR.services_by_name["FeaturesService"].full_name
@@ -73,29 +72,6 @@ def milvus_uri() -> str:
     if not uri:
         return str(earmark_home() / "features" / "milvus.db")
     return milvus.check_uri(uri, "EARMARK_MILVUS_URI")
-
-
-def _init_worker() -> None:
-    # Warm the essentia algorithms once per worker process.
-    describe(np.zeros(SAMPLE_RATE_HZ, dtype=np.float32))
-
-
-class Extractor:
-    """A pool of processes running `describe`."""
-
-    def __init__(self, workers: int) -> None:
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-        )
-
-    async def describe(self, samples: np.ndarray, track_id: str) -> features_pb2.TrackFeatures:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, describe, samples, track_id)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Store:
@@ -264,7 +240,10 @@ class FeaturesServicer(features_pb2_grpc.FeaturesServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"clip is shorter than {MIN_CLIP_S:.0f} s"
             )
         flt = request.filter if request.HasField("filter") else None
-        query = await self._extractor.describe(samples, "")
+        try:
+            query = await self._extractor.describe(samples, "")
+        except DescribeFailed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; try again")
         vec = similarity.vector(query)
         try:
             hits = await asyncio.to_thread(
@@ -362,6 +341,9 @@ async def run() -> None:
             concurrency=ctx.settings.workers,
             # A long track takes a while to describe; heartbeats keep it ours meanwhile.
             ack_wait_s=120.0,
+            # Well past the longest description's own budget (workers.py), decode and
+            # writes included: only a step that hangs outright ever reaches it.
+            handler_timeout_s=900.0,
         ),
         bus.Consumer(
             ctx.js,

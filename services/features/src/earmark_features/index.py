@@ -127,7 +127,7 @@ class SimilarityIndex:
         )
 
     def ping(self) -> bool:
-        return COLLECTION in self._client.list_collections()
+        return COLLECTION in self._client.list_collections(timeout=milvus.PING_TIMEOUT_S)
 
     def count(self) -> int:
         stats = self._client.get_collection_stats(COLLECTION)
@@ -136,7 +136,9 @@ class SimilarityIndex:
     def has(self, track_ids: list[str]) -> set[str]:
         if not track_ids:
             return set()
-        rows = self._client.get(COLLECTION, ids=track_ids, output_fields=["track_id"])
+        rows = self._client.get(
+            COLLECTION, ids=track_ids, output_fields=["track_id"], timeout=milvus.CALL_TIMEOUT_S
+        )
         return {str(r["track_id"]) for r in rows}
 
     @staticmethod
@@ -152,15 +154,15 @@ class SimilarityIndex:
         }
 
     def upsert(self, track_id: str, f: features_pb2.TrackFeatures) -> None:
-        self._client.upsert(COLLECTION, [self._row(track_id, f)])
+        self._client.upsert(COLLECTION, [self._row(track_id, f)], timeout=milvus.CALL_TIMEOUT_S)
 
     def upsert_many(self, items: list[tuple[str, features_pb2.TrackFeatures]]) -> None:
         for start in range(0, len(items), 500):
             rows = [self._row(t, f) for t, f in items[start : start + 500]]
-            self._client.upsert(COLLECTION, rows)
+            self._client.upsert(COLLECTION, rows, timeout=milvus.CALL_TIMEOUT_S)
 
     def delete(self, track_id: str) -> None:
-        self._client.delete(COLLECTION, ids=[track_id])
+        self._client.delete(COLLECTION, ids=[track_id], timeout=milvus.CALL_TIMEOUT_S)
 
     def search(
         self,
@@ -178,6 +180,7 @@ class SimilarityIndex:
             filter=filter_expression(flt, exclude),
             output_fields=_FIELDS,
             search_params={"metric_type": "IP", "params": {} if self.lite else {"ef": 64}},
+            timeout=milvus.CALL_TIMEOUT_S,
         )
         hits = []
         for r in results[0] if results else []:
@@ -193,7 +196,9 @@ class SimilarityIndex:
         return hits
 
     def vector_of(self, track_id: str) -> tuple[np.ndarray, similarity.Neighbour]:
-        rows = self._client.get(COLLECTION, ids=[track_id], output_fields=_FIELDS)
+        rows = self._client.get(
+            COLLECTION, ids=[track_id], output_fields=_FIELDS, timeout=milvus.CALL_TIMEOUT_S
+        )
         if not rows:
             raise TrackNotIndexed(track_id)
         return np.asarray(rows[0]["vec"], dtype=np.float32), _neighbour(rows[0])

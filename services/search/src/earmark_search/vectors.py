@@ -120,11 +120,15 @@ class SegmentStore:
         )
 
     def ping(self) -> bool:
-        return self.collection in self._client.list_collections()
+        return self.collection in self._client.list_collections(timeout=milvus.PING_TIMEOUT_S)
 
     def count(self) -> int:
         rows = self._client.query(
-            self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+            self.collection,
+            filter="",
+            output_fields=["count(*)"],
+            consistency_level="Strong",
+            timeout=milvus.CALL_TIMEOUT_S,
         )
         return int(rows[0]["count(*)"]) if rows else 0
 
@@ -137,6 +141,7 @@ class SegmentStore:
             output_fields=["pk"],
             limit=1,
             consistency_level="Strong",
+            timeout=milvus.CALL_TIMEOUT_S,
         )
         return bool(rows)
 
@@ -155,19 +160,25 @@ class SegmentStore:
                     keys[lo:hi].tolist(), times[lo:hi].tolist(), vecs[lo:hi], strict=True
                 )
             ]
-            self._client.upsert(self.collection, rows)
+            self._client.upsert(self.collection, rows, timeout=milvus.CALL_TIMEOUT_S)
         # A shorter new version leaves the old tail behind: drop it.
         first_stale = int((np.int64(track_key) << SEGMENT_BITS) + times.size)
         last = int((np.int64(track_key) << SEGMENT_BITS) + MAX_SEGMENTS)
-        self._client.delete(self.collection, filter=f"pk >= {first_stale} and pk < {last}")
+        self._client.delete(
+            self.collection,
+            filter=f"pk >= {first_stale} and pk < {last}",
+            timeout=milvus.CALL_TIMEOUT_S,
+        )
         return int(times.size)
 
     def flush(self) -> None:
         """Seal what was written so the index gets built (Milvus also seals on its own)."""
-        self._client.flush(self.collection)
+        self._client.flush(self.collection, timeout=milvus.CALL_TIMEOUT_S)
 
     def delete_track(self, track_key: int) -> None:
-        self._client.delete(self.collection, filter=f"track_key == {int(track_key)}")
+        self._client.delete(
+            self.collection, filter=f"track_key == {int(track_key)}", timeout=milvus.CALL_TIMEOUT_S
+        )
 
     def track_segments(
         self, track_key: int
@@ -178,6 +189,7 @@ class SegmentStore:
             filter=f"track_key == {int(track_key)}",
             output_fields=["pk", "segment_time", "vec"],
             consistency_level="Strong",
+            timeout=milvus.CALL_TIMEOUT_S,
         )
         rows.sort(key=lambda r: int(r["pk"]))
         times = np.array([r["segment_time"] for r in rows], dtype=np.float32)
@@ -198,6 +210,7 @@ class SegmentStore:
                 output_fields=["track_key", "segment_time"],
                 search_params={"metric_type": "IP", "params": self.index.search_params},
                 consistency_level="Strong",
+                timeout=milvus.CALL_TIMEOUT_S,
             )
             out.extend(_hits(r) for r in results)
         return out
