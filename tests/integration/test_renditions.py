@@ -50,7 +50,7 @@ def test_unknown_rendition_and_deleted_track_are_refused(client: Earmark) -> Non
     assert "no rendition 'wav-9000'" in (err.value.details() or "")
     _wait_for_renditions(client, final.track_id, 4)
     client.delete_track(final.track_id)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while client.submission(final.submission_id).state != "DELETED":
         assert time.monotonic() < deadline
         time.sleep(0.2)
