@@ -205,13 +205,16 @@ async def run_ffmpeg(
     return returncode, out, stderr
 
 
+DECODE_TIMEOUT_S = 120.0
+
+
 async def decode_audio(
     data: bytes,
     *,
     sample_rate_hz: int,
     ffmpeg: str = "",
     max_seconds: float | None = None,
-    timeout_s: float = 120.0,
+    timeout_s: float = DECODE_TIMEOUT_S,
     memory_mb: int | None = None,
 ) -> DecodedAudio:
     """Decode any container ffmpeg understands to float32 mono at `sample_rate_hz`.

@@ -60,6 +60,11 @@ class TransientError(Exception):
     """Worth retrying later: a dependency is down or busy."""
 
 
+# Far beyond any handler's real work (the slowest, a transcode of a two-hour track,
+# is bounded at 600 s per rendition): a guard against a hang, not a schedule.
+DEFAULT_HANDLER_TIMEOUT_S = 3600.0
+
+
 class HandlerTimeout(Exception):
     """A handler ran past its consumer's budget; it was cancelled and the event is retried."""
 
@@ -140,7 +145,7 @@ class Consumer(Generic[M]):
         ack_wait_s: float = 60.0,
         max_deliver: int = 20,
         fetch_timeout_s: float = 2.0,
-        handler_timeout_s: float | None = None,
+        handler_timeout_s: float | None = DEFAULT_HANDLER_TIMEOUT_S,
     ) -> None:
         self._js = js
         self.role = role

@@ -15,6 +15,7 @@ FORMATS: dict[str, tuple[str, str, str]] = {
     "opus": ("opus", "libopus", "ogg"),
     "ogg": ("ogg", "libvorbis", "ogg"),
 }
+TRANSCODE_TIMEOUT_S = 600.0
 MIME = {"mp3": "audio/mpeg", "m4a": "audio/mp4", "opus": "audio/ogg", "ogg": "audio/ogg"}
 
 
@@ -69,7 +70,7 @@ async def transcode(
     spec: RenditionSpec,
     *,
     ffmpeg: str = "",
-    timeout_s: float = 600.0,
+    timeout_s: float = TRANSCODE_TIMEOUT_S,
     memory_mb: int | None = None,
 ) -> bytes:
     """Encode `source` (any container ffmpeg reads) to `spec`. Stereo is kept.

@@ -14,12 +14,18 @@ import logging
 
 from earmark.v1 import common_pb2, events_pb2
 from earmark_runtime import bus
-from earmark_runtime.audio import AudioDecodeError, decode_audio
+from earmark_runtime.audio import DECODE_TIMEOUT_S, AudioDecodeError, decode_audio
 from earmark_runtime.blobs import BlobNotFoundError
 from earmark_runtime.server import run_server
 from earmark_runtime.service import ServiceContext, start_context
 
-from .renditions import RenditionError, RenditionSpec, parse_specs, transcode
+from .renditions import (
+    TRANSCODE_TIMEOUT_S,
+    RenditionError,
+    RenditionSpec,
+    parse_specs,
+    transcode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +74,8 @@ class Transcoder:
 
 async def run() -> None:
     ctx = await start_context("transcoder", use_blobs=True)
-    worker = Transcoder(ctx, parse_specs(ctx.settings.renditions))
+    specs = parse_specs(ctx.settings.renditions)
+    worker = Transcoder(ctx, specs)
     ctx.consumers.append(
         bus.Consumer(
             ctx.js,
@@ -78,6 +85,9 @@ async def run() -> None:
             handler=worker.handle,
             concurrency=ctx.settings.workers,
             ack_wait_s=120.0,
+            # Each rendition is bounded by ffmpeg's own limits (encode, then check);
+            # the guard on the whole handler must not cut a long track's last one.
+            handler_timeout_s=len(specs) * (TRANSCODE_TIMEOUT_S + DECODE_TIMEOUT_S) + 60.0,
         )
     )
     # No API of its own: the gRPC server carries health and reflection for probes.
