@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -186,3 +189,36 @@ def test_cli_prints_descriptors_and_similar_table(
     assert args.func(args) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 2 and {"track_id", "score", "reasons"} <= set(rows[0])
+
+
+def _essentia_workers(service_pid: int) -> list[int]:
+    """Pids of the features service's pool workers (spawned children, not its resource tracker)."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == service_pid and b"multiprocessing.spawn" in cmdline:
+            workers.append(int(entry.name))
+    return workers
+
+
+def test_killed_essentia_workers_cost_a_retry_not_the_track(
+    client: Earmark, fc: FeaturesClient, stack: StackInfo, described: dict[str, str]
+) -> None:
+    """A dead worker breaks a process pool for good; the service must replace it."""
+    workers = _essentia_workers(int(stack.services["features"]["pid"]))
+    assert workers, "the features service runs no pool workers"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    audio = testsignals.drum_loop(110.0, SECONDS, seed=99)
+    sub = client.upload(_wav(audio), external_id="features-after-kill")
+    (final,) = client.wait([sub.submission_id], timeout_s=180)
+    assert final.state == "INDEXED", final
+    assert _wait_features(fc, final.track_id) is not None
+    replaced = _essentia_workers(int(stack.services["features"]["pid"]))
+    assert replaced and not set(replaced) & set(workers)
