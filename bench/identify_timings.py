@@ -30,7 +30,7 @@ import numpy as np
 
 from bench.corpus import DEFAULT_CORPUS_DIR, list_corpus
 from bench.degrade import BenchPlan
-from bench.synthetic import encode, wav_bytes
+from bench.synthetic import CLIP_FORMATS, clip_bytes
 
 STAGES = (
     ("total_ms", "total (search side)"),
@@ -49,7 +49,6 @@ STAGES = (
 )
 METHODS = ("landmarks", "neural", "fused")
 # Containers a clip can be uploaded in; all but wav are decoded by ffmpeg.
-FORMATS = ("wav", "mp3", "ogg", "flac", "opus")
 DEFAULT_CONDITIONS = "clean,babble_5db,room,speed_+2pct,speed_-5pct,pitch_+1st"
 
 
@@ -91,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--method", choices=METHODS, default="landmarks")
     ap.add_argument(
         "--format",
-        choices=FORMATS,
+        choices=CLIP_FORMATS,
         default="wav",
         help="container the clips are uploaded in (all but wav are decoded by ffmpeg)",
     )
@@ -108,10 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     plan = BenchPlan.of(list_corpus(args.corpus), args.seed, args.limit, args.conditions.split(","))
     queries = plan.queries([args.length], 1, args.seed)
-    clips = [
-        wav_bytes(q.audio, q.sr) if args.format == "wav" else encode(q.audio, args.format, q.sr)
-        for q in queries
-    ]
+    clips = [clip_bytes(q.audio, q.sr, args.format) for q in queries]
     method = getattr(search_pb2, f"IDENTIFY_METHOD_{args.method.upper()}")
     # A clip's path: whether the landmark rescue ran, whether the neural pitch views did.
     by_path: dict[tuple[bool, bool], list[dict[str, float]]] = {}

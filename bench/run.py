@@ -25,7 +25,9 @@ Steps:
    (``--methods``, default landmarks, neural and fused), one call at a time so
    latencies are not inflated by queueing; the methods take turns query by
    query, so they see the same load. Clips go as 16-bit PCM WAV, which the
-   server parses without spawning ffmpeg.
+   server parses without spawning ffmpeg, or in another container with
+   ``--format`` (mp3, ogg, flac, opus), which its ffmpeg decodes as it would a
+   user's upload.
 4. Split the server-side latency of the 5 s clips in-process, with the
    services' own code and no change to it: the fingerprint RPC called directly,
    the same extraction run in this process, the catalog lookup
@@ -72,7 +74,7 @@ from bench.degrade import (
     default_conditions,
     ffmpeg_filters,
 )
-from bench.synthetic import wav_bytes
+from bench.synthetic import CLIP_FORMATS, clip_bytes, wav_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -234,7 +236,11 @@ def identify_one(em: Any, query: Query, data: bytes, method: str) -> report.Quer
 
 
 def identify_all(
-    em: Any, queries: Sequence[Query], methods: Sequence[str], progress_every: int = 500
+    em: Any,
+    queries: Sequence[Query],
+    methods: Sequence[str],
+    progress_every: int = 500,
+    clip_format: str = "wav",
 ) -> list[report.QueryRecord]:
     """Every query once per method; the methods take turns query by query, so a
     change of load on the machine affects them alike, and who goes first rotates,
@@ -242,7 +248,7 @@ def identify_all(
     records: list[report.QueryRecord] = []
     started = time.perf_counter()
     for i, q in enumerate(queries, 1):
-        data = wav_bytes(q.audio, q.sr)
+        data = clip_bytes(q.audio, q.sr, clip_format)
         first = i % len(methods)
         records += [identify_one(em, q, data, m) for m in [*methods[first:], *methods[:first]]]
         if i % progress_every == 0 or i == len(queries):
@@ -505,6 +511,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="comma-separated identify methods, each query is identified once with each "
         "(default landmarks,neural,fused; auto also accepted)",
     )
+    ap.add_argument(
+        "--format",
+        choices=CLIP_FORMATS,
+        default="wav",
+        help="container the query clips are uploaded in (default wav, parsed by the server; "
+        "the others are decoded by its ffmpeg, lossy ones encoded at 128 kbps); the latency "
+        "split always sends WAV",
+    )
     ap.add_argument("--upload-workers", type=int, default=4)
     ap.add_argument(
         "--out",
@@ -603,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"== identifying {len(queries)} queries ({n_pos} positive) with "
                 + ", ".join(args.methods)
             )
-            records = identify_all(em, queries, args.methods)
+            records = identify_all(em, queries, args.methods, clip_format=args.format)
             t = phase("identify", t)
 
         if not args.no_split:
@@ -648,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rubberband="rubberband" in ffmpeg_filters(),
         search_restarted=not args.no_search_restart,
         commit=commit,
+        clip_format=args.format,
     )
     text = render(records, ctx)
     print(text)
@@ -684,6 +699,7 @@ class ReportContext:
     rubberband: bool
     search_restarted: bool = False
     commit: str = ""  # at the start of the run; empty: read when rendering
+    clip_format: str = "wav"
 
 
 def render(records: Sequence[report.QueryRecord], ctx: ReportContext) -> str:
@@ -742,7 +758,8 @@ def render(records: Sequence[report.QueryRecord], ctx: ReportContext) -> str:
         f"queries from {ctx.query_tracks[0]} catalog and {ctx.query_tracks[1]} held-out tracks",
         f"- queries: {n_queries} ({n_pos} positive, {n_queries - n_pos} negative)"
         + (f", RPC errors (counted as no match): {error_note}" if error_note else "")
-        + f"; pitch/tempo by {'rubberband' if ctx.rubberband else 'asetrate/atempo'}",
+        + f"; pitch/tempo by {'rubberband' if ctx.rubberband else 'asetrate/atempo'}"
+        + f"; clips uploaded as {ctx.clip_format}",
         f"- identify methods: {', '.join(methods)}, every query once with each "
         f"(column tags: {report.method_legend(methods)})"
         if several

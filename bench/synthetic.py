@@ -49,6 +49,18 @@ def wav_bytes(samples: np.ndarray, sample_rate: int = 22050) -> bytes:
     return buf.getvalue()
 
 
+# Containers a benchmark clip can be uploaded in: WAV is parsed by the server,
+# every other one is decoded by its ffmpeg, as a user's upload would be.
+CLIP_FORMATS = ("wav", "mp3", "ogg", "flac", "opus")
+
+
+def clip_bytes(samples: np.ndarray, sample_rate: int, fmt: str = "wav") -> bytes:
+    """A clip as uploaded in `fmt` (one of CLIP_FORMATS; lossy ones at 128 kbps)."""
+    if fmt == "wav":
+        return wav_bytes(samples, sample_rate)
+    return encode(samples, fmt, sample_rate)
+
+
 def encode(
     samples: np.ndarray,
     fmt: str,
