@@ -14,6 +14,7 @@ from earmark_fingerprint.landmarks import (
     extract_landmarks,
     extract_query_landmarks,
     extract_rescaled_query_landmarks,
+    rescue_shifts,
 )
 from earmark_search.identify import (
     RESCUE_MIN_ALIGNED,
@@ -104,6 +105,20 @@ def test_sped_up_or_slowed_clip_is_found_at_the_right_scale(speed: float) -> Non
 def test_rescue_finds_nothing_for_music_outside_the_catalog(seed: int) -> None:
     outsider = synth_music(seed, 8.0)[SR : 7 * SR]
     assert rescue(outsider) == (1.0, [])
+
+
+@pytest.mark.parametrize("seconds,grids", [(3.0, 2), (4.4, 2), (4.5, 1), (6.0, 1)])
+def test_short_clips_are_rescaled_from_two_grids_long_ones_from_one(
+    seconds: float, grids: int
+) -> None:
+    x = synth_music(7, 8.0)[: int(seconds * SR)]
+    (default,) = extract_rescaled_query_landmarks(x, scales=(1.02,))
+    (chosen,) = extract_rescaled_query_landmarks(x, scales=(1.02,), shifts=grids)
+    (other,) = extract_rescaled_query_landmarks(x, scales=(1.02,), shifts=3 - grids)
+    assert rescue_shifts(seconds) == grids
+    assert np.array_equal(default.hashes, chosen.hashes)
+    assert np.array_equal(default.times, chosen.times)
+    assert default.hashes.size != other.hashes.size
 
 
 def test_bad_scales_are_refused() -> None:

@@ -40,10 +40,11 @@ LONG_CLIP_MIN_RATIO: Final = 2.5
 RESCUE_MIN_ALIGNED: Final = 20
 RESCUE_MIN_RATIO: Final = 3.0
 # Clips with fewer landmarks than this rarely reach RESCUE_MIN_ALIGNED: each
-# rescaled variant is extracted at two sub-hop shifts instead of four, so it has
-# about half the plain clip's landmarks.
+# rescaled variant of a short clip is extracted at two sub-hop shifts instead of
+# four, so it has about half the plain clip's landmarks (a clip of 4.5 s or more
+# gets one shift and a quarter of them, hundreds: landmarks.rescue_shifts).
 RESCUE_MIN_LANDMARKS: Final = 2 * RESCUE_MIN_ALIGNED
-# The rescue looks up a dozen scales' hashes (~14 k for a 5 s clip): read in
+# The rescue looks up a dozen scales' hashes (~8 k for a 5 s clip): read in
 # two hash ranges at once, PostgreSQL answers on two cores.
 RESCUE_LOOKUP_PARTS: Final = 2
 # Postings read per distinct query hash, on average, at most, at first: only the
