@@ -411,8 +411,8 @@ RESCALE_FACTORS: Final[tuple[float, ...]] = tuple(
 # A short clip's variants need a second sub-hop grid to keep enough landmarks; a
 # long one has them to spare from one grid. Replayed on both query sets, one grid
 # lost nothing at 10 s and one clip in 248 speed/pitch clips at 5 s (calibration
-# set; none of 448 in the benchmark's), but a tenth of them at 1-2 s; it halves
-# the rescue's extraction and cuts its lookup by ~40 % (docs/landmarks.md). The
+# set; none of 448 in the benchmark's), but many at 1-2 s; it halves the
+# rescue's extraction and cuts its hashes by ~40 % (docs/landmarks.md). The
 # threshold sits below 5 s so that a 5 s clip decoded a little short counts as 5 s.
 RESCUE_ONE_GRID_MIN_S: Final = 4.5
 
