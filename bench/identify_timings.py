@@ -48,7 +48,6 @@ STAGES = (
     ("neural_views_search_ms", "  neural: search and score the views"),
 )
 METHODS = ("landmarks", "neural", "fused")
-# Containers a clip can be uploaded in; all but wav are decoded by ffmpeg.
 DEFAULT_CONDITIONS = "clean,babble_5db,room,speed_+2pct,speed_-5pct,pitch_+1st"
 
 
