@@ -364,6 +364,36 @@ def latency_table(records: Sequence[QueryRecord], *, server: bool = False) -> st
     return markdown_table(headers, rows)
 
 
+OUT_OF_CATALOG = "out-of-catalog"
+
+
+def condition_latency_table(
+    records: Sequence[QueryRecord], length_s: float, *, server: bool = True
+) -> str:
+    """Latency of one clip length per condition, out-of-catalog clips in a row of
+    their own: a p50 over the whole mix hides which clips take the slow path
+    (speed and pitch changes, and clips that match nothing, are rescaled)."""
+
+    def value(r: QueryRecord) -> float | None:
+        return (r.server_ms if server else r.latency_ms) if r.error is None else None
+
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        if r.length_s == length_s and (v := value(r)) is not None:
+            groups.setdefault(OUT_OF_CATALOG if r.negative else r.condition, []).append(v)
+    headers = ["condition", "queries", "p50 ms", "p90 ms", "p99 ms"]
+    rows: list[list[object]] = []
+    names = sorted(k for k in groups if k != OUT_OF_CATALOG)
+    names += [OUT_OF_CATALOG] if OUT_OF_CATALOG in groups else []
+    everything = [v for k in names for v in groups[k]]
+    for name, lat in [*((k, groups[k]) for k in names), ("all", everything)]:
+        rows.append([
+            name, len(lat), ms(percentile(lat, 50)), ms(percentile(lat, 90)),
+            ms(percentile(lat, 99)),
+        ])  # fmt: skip
+    return markdown_table(headers, rows)
+
+
 # ---------------------------------------------------------------------- methods
 
 

@@ -838,6 +838,14 @@ def render(records: Sequence[report.QueryRecord], ctx: ReportContext) -> str:
                 report.latency_table(main, server=True),
                 "",
             ]
+    if reported:
+        out += [
+            f"#### Identify latency by condition, {SPLIT_LENGTH_S:g} s clips, server side "
+            f"({main_method} method)",
+            "",
+            report.condition_latency_table(main, SPLIT_LENGTH_S),
+            "",
+        ]
     out += [
         f"#### Server-side split, {SPLIT_LENGTH_S:g} s clips ({ctx.split.n} queries, "
         f"{main_method} method)",

@@ -171,3 +171,22 @@ def test_answered_record_keeps_the_query_truth() -> None:
     assert truth == ("q1", "speed_+2pct", 1.02, 12.5)
     assert rec.predicted_track == "pkg/a.ogg" and rec.predicted_offset_s == 12.4
     assert rec.error is None
+
+
+def test_condition_latency_table_puts_out_of_catalog_clips_in_their_own_row() -> None:
+    recs = [
+        rec(condition="clean", server_ms=10.0),
+        rec(condition="clean", server_ms=20.0),
+        rec(condition="speed_+2pct", server_ms=40.0),
+        rec(condition="clean", negative=True, server_ms=50.0),
+        rec(condition="clean", length_s=1.0, server_ms=99.0),  # another length
+        rec(condition="room", server_ms=30.0, error="UNAVAILABLE"),
+    ]
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in report.condition_latency_table(recs, 5.0).splitlines()[2:]
+    }
+    assert list(rows) == ["clean", "speed_+2pct", "out-of-catalog", "all"]
+    assert rows["clean"][:2] == ["2", "15.0"]
+    assert rows["out-of-catalog"][:2] == ["1", "50.0"]
+    assert rows["all"][:2] == ["4", "30.0"]
