@@ -58,7 +58,7 @@ from earmark_fingerprint.landmarks import (
     extract_query_landmarks,
 )
 from earmark_runtime.db import migrate, open_pool
-from earmark_search.catalog import Catalog, Postings, TrackRow, pack_entries
+from earmark_search.catalog import Catalog, Postings, TrackRow, entry_bytes, pack_entries
 from earmark_search.identify import POSTINGS_PER_QUERY_HASH, identify
 from earmark_search.schema import MIGRATIONS, SCHEMA
 from earmark_stack.processes import ensure_database, free_port, start_postgres, stop_postgres
@@ -186,22 +186,17 @@ class Variants:
         return np.concatenate(hashes), np.concatenate(entries)
 
 
-_ROW = struct.Struct(">hiiiiiiiiii")  # 3 fields: hash, n, entries (a 1-d int8 array)
-_ELEMENT = np.dtype([("length", ">i4"), ("value", ">i8")])
+_ROW = struct.Struct(">hiiiii")  # 3 fields: hash, n, entries (bytea: its length, then data)
 
 
 def packed_copy(hashes: np.ndarray, entries: np.ndarray) -> Iterator[bytes | memoryview]:
     """Binary COPY data of packed_postings rows (hash, n, entries) for these postings."""
     order = np.argsort(hashes, kind="stable")
     unique, starts, counts = np.unique(hashes[order], return_index=True, return_counts=True)
-    elements = np.empty(order.size, dtype=_ELEMENT)
-    elements["length"] = 8
-    elements["value"] = entries[order]
-    data = memoryview(elements.tobytes())
+    data = memoryview(entry_bytes(entries[order]))
     for h, start, n in zip(unique.tolist(), starts.tolist(), counts.tolist(), strict=True):
-        size = 20 + 12 * n
-        yield _ROW.pack(3, 4, h, 4, n, size, 1, 0, 20, n, 1)
-        yield data[12 * start : 12 * (start + n)]
+        yield _ROW.pack(3, 4, h, 4, n, 8 * n)
+        yield data[8 * start : 8 * (start + n)]
 
 
 async def load_distractors(

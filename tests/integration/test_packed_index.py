@@ -12,10 +12,13 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from earmark.v1 import common_pb2, events_pb2
-from earmark_runtime.db import open_pool
-from earmark_search.catalog import Catalog
+from earmark_runtime.db import migrate, open_pool
+from earmark_search.catalog import Catalog, decode_entry_rows
+from earmark_search.schema import MIGRATIONS, SCHEMA
 from earmark_search.vectors import IndexChoice, SegmentStore
 from earmark_search.verification import PEAK_BIN_BITS
 from earmark_search.warm_up import warm_up
@@ -78,12 +81,12 @@ async def test_compaction_moves_postings_without_changing_what_a_lookup_sees(
                 "SELECT count(*) FROM catalog.recent_postings WHERE hash >= %s", (HASH_BASE,)
             ).fetchone()
             packed = conn.execute(
-                "SELECT count(*), sum(cardinality(entries)) FROM catalog.packed_postings "
-                "WHERE hash >= %s",
+                "SELECT count(*), sum(length(entries) / 8), bool_and(n * 8 = length(entries)) "
+                "FROM catalog.packed_postings WHERE hash >= %s",
                 (HASH_BASE,),
             ).fetchone()
         assert recent is not None and recent[0] == 0
-        assert packed is not None and packed[0] == 400 and packed[1] == 9000
+        assert packed is not None and packed == (400, 9000, True)
         assert _as_set(await catalog.postings(every_hash)) == expected
 
         # A new track lands in the recent part; the lookup sees both parts.
@@ -123,6 +126,120 @@ async def test_compaction_moves_postings_without_changing_what_a_lookup_sees(
             "SELECT count(*) FROM catalog.packed_postings WHERE hash >= %s", (HASH_BASE,)
         ).fetchone()
     assert left is not None and left[0] == 0  # emptied rows are removed, not kept empty
+
+
+# The migration that turned packed_postings.entries from bigint[] into bytea.
+ENTRIES_AS_BYTEA = 6
+
+
+async def test_the_bytea_migration_keeps_every_posting_and_its_order(stack: StackInfo) -> None:
+    assert "TYPE bytea" in MIGRATIONS[ENTRIES_AS_BYTEA - 1]
+    name = f"migration_{uuid.uuid4().hex[:12]}"
+    admin = make_conninfo(stack.database_url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_conninfo(stack.database_url, dbname=name)
+    # (hash, track_keys, times) of packed rows in the old layout, entries in this
+    # order: unsigned hashes with the high bit set, the largest track key and
+    # time, a row emptied by a delete (none are left so, but one may be), rows
+    # past the 1-byte varlena header and past the TOAST threshold.
+    rows = [
+        (2**32 - 5, [3, 1, 3], [7, 0, 2**31 - 1]),
+        (17, [2**31 - 1, 2], [5, 2**31 - 1]),
+        (18, [2], [9]),
+        (19, [], []),
+        (1000, [3, 1, 2] * 10, list(range(30, 0, -1))),
+        (1001, [2, 3, 1] * 300, list(range(900))),
+    ]
+    recent = [(17, 1, 4), (2**32 - 5, 2, 8), (20, 3, 1)]
+    pool = await open_pool(url, min_size=1, max_size=2)
+    try:
+        assert await migrate(pool, SCHEMA, MIGRATIONS[: ENTRIES_AS_BYTEA - 1]) == 5
+        with psycopg.connect(url) as conn:
+            conn.execute(
+                "INSERT INTO catalog.tracks (track_key, track_id, external_id, duration_s, "
+                "source_sha256, blob_key, landmark_count, algorithm_version, frame_rate_hz) "
+                "OVERRIDING SYSTEM VALUE SELECT k, gen_random_uuid(), '', 1, '', '', 0, 1, 31.25 "
+                "FROM unnest(%s::integer[]) AS k",
+                ([1, 2, 3, 2**31 - 1],),
+            )
+            for key in (1, 2, 3, 2**31 - 1):
+                hashes = {h for h, keys, _ in rows if key in keys} | {
+                    h for h, k, _ in recent if k == key
+                }
+                conn.execute(
+                    "INSERT INTO catalog.fingerprints (track_key, hashes) VALUES (%s, %s)",
+                    (key, sorted(np.array(sorted(hashes), "<u4").view("<i4").tolist())),
+                )
+            for h, keys, times in rows:
+                conn.execute(
+                    "INSERT INTO catalog.packed_postings (hash, n, entries) "
+                    "VALUES (%s, %s, %s::bigint[])",
+                    (
+                        int(np.uint32(h).view(np.int32)),
+                        len(keys),
+                        [k << 32 | t for k, t in zip(keys, times, strict=True)],
+                    ),
+                )
+            for h, k, t in recent:
+                conn.execute(
+                    "INSERT INTO catalog.recent_postings (hash, track_key, t) VALUES (%s, %s, %s)",
+                    (int(np.uint32(h).view(np.int32)), k, t),
+                )
+        catalog = Catalog(pool)
+        asked = np.array([h for h, _, _ in rows] + [20, 21], dtype=np.uint32)
+        expected = sorted(
+            [(h, k, t) for h, keys, times in rows for k, t in zip(keys, times, strict=True)]
+            + recent
+        )
+        view = "SELECT hash::bigint & 4294967295, track_key, t FROM catalog.postings ORDER BY 1,2,3"
+        with psycopg.connect(url) as conn:
+            assert [tuple(r) for r in conn.execute(view)] == expected
+
+        assert await migrate(pool, SCHEMA, MIGRATIONS) == len(MIGRATIONS)
+        assert _as_set(await catalog.postings(asked)) == expected
+        with psycopg.connect(url) as conn:
+            assert [tuple(r) for r in conn.execute(view)] == expected
+            assert conn.execute(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'catalog.packed_postings'::regclass AND attname = 'entries'"
+            ).fetchone() == ("bytea",)
+            # Each row's entries in their old order, its n unchanged.
+            packed = conn.execute(
+                "SELECT hash, n, entries FROM catalog.packed_postings ORDER BY hash"
+            ).fetchall()
+        by_hash = {int(np.int32(h).view(np.uint32)): (n, e) for h, n, e in packed}
+        assert sorted(by_hash) == sorted(h for h, _, _ in rows)
+        for h, keys, times in rows:
+            n, entries = by_hash[h]
+            (_, tracks, frames), _ = decode_entry_rows([(h, entries)])
+            assert (n, tracks.tolist(), frames.tolist()) == (len(keys), keys, times)
+
+        # The migrated rows are written as any other: a delete takes out
+        # exactly its track's entries, and a compaction appends to them.
+        assert await catalog.delete_track(_track_id(url, 2))
+        expected = [p for p in expected if p[1] != 2]
+        assert await catalog.compact() == 2
+        assert _as_set(await catalog.postings(asked)) == expected
+        with psycopg.connect(url) as conn:
+            left = conn.execute(
+                "SELECT hash, n, length(entries) FROM catalog.packed_postings ORDER BY hash"
+            ).fetchall()
+        assert (18, 1, 8) not in left  # its only entry was track 2's: the row is gone
+        assert all(n * 8 == size for _, n, size in left)
+    finally:
+        await pool.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _track_id(url: str, track_key: int) -> str:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT track_id::text FROM catalog.tracks WHERE track_key = %s", (track_key,)
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 async def test_lookups_during_a_compaction_see_every_posting_once(

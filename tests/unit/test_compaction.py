@@ -10,7 +10,8 @@ import pytest
 from earmark_search.catalog import (
     HashArray,
     _HashArrayDumper,
-    decode_entry_arrays,
+    decode_entry_rows,
+    entry_bytes,
     pack_entries,
 )
 from earmark_search.compaction import CompactionPolicy, Compactor, IdleFlush
@@ -75,25 +76,21 @@ async def test_the_compactor_keeps_checking_while_writes_continue() -> None:
     assert await compactor.run_once() == 5000  # still checked, and now due
 
 
-def _array_send(entries: np.ndarray | None) -> bytes | None:
-    """What PostgreSQL's array_send() returns for a bigint[], per its binary format."""
+def _int8send(entries: np.ndarray | None) -> bytes | None:
+    """A row's entries as PostgreSQL stores them: int8send() of each, end to end."""
     if entries is None:  # NULL
         return None
-    if entries.size == 0:
-        return struct.pack(">iii", 0, 0, 20)
-    return struct.pack(">iiiii", 1, 0, 20, entries.size, 1) + b"".join(
-        struct.pack(">iq", 8, int(e)) for e in entries
-    )
+    return b"".join(struct.pack(">q", int(e)) for e in entries)
 
 
 def _rows(rows: list[tuple[int, np.ndarray | None]]) -> list[tuple[int, bytes | None]]:
-    return [(hash_value, _array_send(entries)) for hash_value, entries in rows]
+    return [(hash_value, _int8send(entries)) for hash_value, entries in rows]
 
 
 def test_packed_rows_decode_to_one_posting_per_entry() -> None:
     first = pack_entries(np.array([3, 3, 9]), np.array([0, 70_000, 2**31 - 1]))
     second = pack_entries(np.array([1]), np.array([12]))
-    (hashes, tracks, times), left_out = decode_entry_arrays(
+    (hashes, tracks, times), left_out = decode_entry_rows(
         _rows([(-5, first), (7, np.empty(0, np.int64)), (9, None), (2**23 - 1, second)])
     )
     assert left_out == 1
@@ -103,7 +100,7 @@ def test_packed_rows_decode_to_one_posting_per_entry() -> None:
 
 
 def test_no_rows_decode_to_no_postings() -> None:
-    (hashes, tracks, times), left_out = decode_entry_arrays([])
+    (hashes, tracks, times), left_out = decode_entry_rows([])
     assert hashes.size == tracks.size == times.size == left_out == 0
 
 
@@ -111,6 +108,15 @@ def test_no_rows_decode_to_no_postings() -> None:
 def test_entries_keep_the_whole_track_key(track_key: int) -> None:
     entries = pack_entries(np.array([track_key]), np.array([5]))
     assert int(entries[0]) >> 32 == track_key
+    # Stored big-endian, so an entry's first 4 bytes are int4send(track_key).
+    assert entry_bytes(entries)[:4] == struct.pack(">i", track_key)
+    assert entry_bytes(entries) == _int8send(entries)
+
+
+def test_entries_as_memoryviews_decode_alike() -> None:
+    entries = pack_entries(np.array([4, 2]), np.array([1, 2]))
+    (hashes, tracks, times), _ = decode_entry_rows([(3, memoryview(entry_bytes(entries)))])
+    assert hashes.tolist() == [3, 3] and tracks.tolist() == [4, 2] and times.tolist() == [1, 2]
 
 
 async def test_the_neural_index_is_sealed_once_after_writes_pause() -> None:
@@ -147,11 +153,12 @@ async def test_a_failed_flush_is_tried_again() -> None:
     assert len(calls) == 2
 
 
-def test_an_array_that_is_not_one_dimensional_is_refused() -> None:
-    # A 2-D int8[] of one element: its header has one more (size, lower bound) pair.
-    array = struct.pack(">iiiiiii", 2, 0, 20, 1, 1, 1, 1) + struct.pack(">iq", 8, 5)
-    with pytest.raises(ValueError, match="1-D"):
-        decode_entry_arrays([(7, array)])
+def test_entries_that_are_not_whole_8_byte_integers_are_refused() -> None:
+    # e.g. an array_send() of a bigint[] (20 header bytes, a length before each value).
+    array = struct.pack(">iiiii", 1, 0, 20, 2, 1) + struct.pack(">iqiq", 8, 5, 8, 6)
+    assert len(array) % 8
+    with pytest.raises(ValueError, match="8-byte"):
+        decode_entry_rows([(7, array)])
 
 
 def test_hashes_are_bound_as_a_binary_int4_array_bit_for_bit() -> None:

@@ -1,11 +1,12 @@
 """The catalog store: tracks and their landmark index in PostgreSQL.
 
 Writes go through binary COPY built with numpy (no per-row Python work) into
-`recent_postings`; `compact` later packs them into one `bigint[]` row per hash
-(schema.py). Lookups read both parts in one prepared statement, with the
-clip's hashes bound as one binary array and each row's entries returned as
-array_send() bytes parsed with numpy, so a clip's postings cost one round trip
-and no per-posting Python work whatever their number.
+`recent_postings`; `compact` later packs them into one row per hash, its
+entries a `bytea` of 8-byte big-endian integers (schema.py). Lookups read both
+parts in one prepared statement, with the clip's hashes bound as one binary
+array and each row's entries returned as those bytes, parsed with numpy, so a
+clip's postings cost one round trip and no per-posting Python work whatever
+their number.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from earmark.v1 import common_pb2, events_pb2
 
-from .matching import concat_ranges
 from .schema import SCHEMA
 from .verification import pack_peaks
 
@@ -61,12 +61,11 @@ def encode_postings(hashes: np.ndarray, track_key: int, times: np.ndarray) -> by
     return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
-# One packed entry: track_key in the high 32 bits, the landmark's frame in the low.
+# One packed entry: track_key in the high 32 bits, the landmark's frame in the
+# low; stored as 8 big-endian bytes (int8send()), a row's entries end to end.
 _ENTRY_TRACK_SHIFT = 32
 _ENTRY_TIME_MASK = 0xFFFFFFFF
-# array_send() of an int8[]: a header, then a (length, value) pair per element.
-_EMPTY_ARRAY_BYTES = 12  # ndim 0, flags, element type
-_ARRAY_HEADER_BYTES = 20  # ndim 1, flags, element type, size, lower bound
+_ENTRY_BYTES = 8
 
 Postings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -112,52 +111,43 @@ class _HashArrayDumper(Dumper):
 psycopg.adapters.register_dumper(HashArray, _HashArrayDumper)
 
 
-def decode_entry_arrays(rows: Sequence[tuple[int, bytes | None]]) -> tuple[Postings, int]:
-    """Postings from (hash, array_send(entries)) rows; also how many rows were NULL.
+def entry_bytes(entries: np.ndarray) -> bytes:
+    """Packed entries (`pack_entries`) as stored in `packed_postings.entries`."""
+    return entries.astype(">i8").tobytes()
 
-    A NULL is a hash left out by a postings budget. The Python loop only
-    collects each row's bytes; the entries of every row are then gathered at
-    once. A 1-D int8 array of n elements without NULLs is 20 header bytes and
-    n (length 8, value) pairs, so n follows from its length.
+
+def decode_entry_rows(
+    rows: Sequence[tuple[int, bytes | memoryview | None]],
+) -> tuple[Postings, int]:
+    """Postings from (hash, entries) rows; also how many rows were NULL.
+
+    A NULL is a hash left out by a postings budget. Entries are 8-byte
+    big-endian integers end to end (`entry_bytes`). The Python loop only
+    collects each row's bytes; the entries of every row are then read at once.
     """
     row_hashes: list[int] = []
-    blobs: list[bytes] = []
+    blobs: list[bytes | memoryview] = []
     skipped = 0
     for hash_value, blob in rows:
         if blob is None:
             skipped += 1
-        elif len(blob) > _EMPTY_ARRAY_BYTES:
+        elif len(blob):
             row_hashes.append(hash_value)
             blobs.append(blob)
     if not blobs:
         empty = np.empty(0, dtype=np.int64)
         return (np.empty(0, dtype="<u4"), empty, empty), skipped
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
-    raw = np.frombuffer(b"".join(blobs), dtype=np.uint8)
-    starts = np.cumsum(lengths) - lengths
-    counts = (lengths - _ARRAY_HEADER_BYTES) // 12
-    dims = _gather_be(raw, starts, 4, ">i4")
-    sizes = _gather_be(raw, starts + 12, 4, ">i4")
-    if not (np.all(dims == 1) and np.array_equal(sizes, counts)):
-        raise ValueError("unexpected array layout in the postings (not 1-D int8[])")
-    # Value j of a row sits at start + 20 + 12 j + 4 (after its length field).
-    first = np.repeat(starts + _ARRAY_HEADER_BYTES + 4, counts)
-    index = concat_ranges(np.zeros_like(counts), counts)  # j within each row
-    entries = _gather_be(raw, first + 12 * index, 8, ">i8").astype(np.int64)
-    hashes = np.repeat(np.asarray(row_hashes, dtype=np.int64), counts)
+    if np.any(lengths % _ENTRY_BYTES):
+        raise ValueError("packed entries are not a whole number of 8-byte entries")
+    entries = np.frombuffer(b"".join(blobs), dtype=">i8").astype(np.int64)
+    hashes = np.repeat(np.asarray(row_hashes, dtype=np.int64), lengths // _ENTRY_BYTES)
     postings = (
         hashes.astype("<i4").view("<u4"),
         entries >> _ENTRY_TRACK_SHIFT,
         entries & _ENTRY_TIME_MASK,
     )
     return postings, skipped
-
-
-def _gather_be(raw: np.ndarray, offsets: np.ndarray, width: int, dtype: str) -> np.ndarray:
-    """The big-endian integers of `width` bytes at each offset of a byte buffer."""
-    # Fancy indexing returns a fresh C-contiguous (n, width) array: viewable.
-    values: np.ndarray = raw[offsets[:, None] + np.arange(width)].view(dtype).reshape(-1)
-    return values
 
 
 @dataclass(frozen=True)
@@ -212,26 +202,28 @@ _TRACK_COLUMNS = (
 
 # Lookups read both parts of the index in one statement, so they see one
 # snapshot: a compaction moving postings between them is seen before or
-# after, never halfway. Entries travel as array_send() bytes, which numpy
-# parses at once, and the statements are prepared once per connection.
+# after, never halfway. Entries travel as the packed rows store them (8-byte
+# big-endian integers end to end; the recent rows are packed alike on the
+# way), which numpy parses at once, and the statements are prepared once per
+# connection.
 _RECENT_ROWS = f"""
-    SELECT hash, array_send(array_agg((track_key::bigint << 32) | t::bigint))
+    SELECT hash, string_agg(int8send((track_key::bigint << 32) | t::bigint), ''::bytea)
     FROM {SCHEMA}.recent_postings WHERE hash = ANY(%(hashes)s) GROUP BY hash
 """  # noqa: S608
 _PACKED_ROWS = f"""
     {_RECENT_ROWS}
     UNION ALL
-    SELECT hash, array_send(entries) FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s)
+    SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s)
 """  # noqa: S608
 # The rarest hashes first, while their postings fit the budget. One index probe
 # per hash: each row is read once and its entries ride along to the ranking (a
-# long array is TOASTed, and only its pointer travels: the array itself is
+# long row's entries are TOASTed, and only their pointer travels: they are
 # fetched only for a kept row). A hash left out comes back with NULL entries,
 # so the caller knows that there is more.
 _RAREST_PACKED_ROWS = f"""
     {_RECENT_ROWS}
     UNION ALL
-    SELECT hash, CASE WHEN running <= %(budget)s THEN array_send(entries) END
+    SELECT hash, CASE WHEN running <= %(budget)s THEN entries END
     FROM (
         SELECT hash, entries, sum(n) OVER (ORDER BY n, hash) AS running
         FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s)
@@ -245,7 +237,7 @@ WITH moved AS (
     RETURNING hash, track_key, t
 ), packed AS (
     INSERT INTO {SCHEMA}.packed_postings AS p (hash, n, entries)
-    SELECT hash, count(*), array_agg((track_key::bigint << 32) | t::bigint)
+    SELECT hash, count(*), string_agg(int8send((track_key::bigint << 32) | t::bigint), ''::bytea)
     FROM moved GROUP BY hash
     ON CONFLICT (hash) DO UPDATE SET n = p.n + EXCLUDED.n, entries = p.entries || EXCLUDED.entries
 )
@@ -420,10 +412,15 @@ class Catalog:
             "WHERE l.hash = f.hash AND l.track_key = %(key)s",
             params,
         )
+        # Keep the 8-byte entries whose first 4 bytes (the track key, big-endian)
+        # are not this track's.
         await conn.execute(
             f"UPDATE {SCHEMA}.packed_postings p SET (entries, n) = ("  # noqa: S608
-            "SELECT coalesce(array_agg(e), '{}'), count(*) FROM unnest(p.entries) AS e "
-            f"WHERE e >> 32 <> %(key)s) FROM {track_hashes} WHERE p.hash = f.hash",
+            "SELECT coalesce(string_agg(substring(p.entries FROM o + 1 FOR 8), ''::bytea "
+            "ORDER BY o), ''::bytea), count(*) "
+            "FROM generate_series(0, length(p.entries) - 8, 8) AS o "
+            "WHERE substring(p.entries FROM o + 1 FOR 4) <> int4send(%(key)s::integer)) "
+            f"FROM {track_hashes} WHERE p.hash = f.hash",
             params,
         )
         await conn.execute(
@@ -492,7 +489,7 @@ class Catalog:
         async with self._pool.connection() as conn:
             cur = await conn.execute(statement, params, prepare=True, binary=True)
             rows = await cur.fetchall()
-        return decode_entry_arrays(rows)
+        return decode_entry_rows(rows)
 
     async def backlog(self) -> tuple[int, int]:
         """(postings waiting in recent_postings, postings of the whole catalog)."""
