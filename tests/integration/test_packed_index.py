@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from earmark.v1 import common_pb2, events_pb2
 from earmark_runtime.db import migrate, open_pool
-from earmark_search.catalog import Catalog, decode_entry_rows
+from earmark_search.catalog import MAX_BUCKET_BITS, Catalog, decode_entry_rows
 from earmark_search.schema import MIGRATIONS, SCHEMA
 from earmark_search.vectors import IndexChoice, SegmentStore
 from earmark_search.verification import PEAK_BIN_BITS
@@ -75,18 +75,10 @@ async def test_compaction_moves_postings_without_changing_what_a_lookup_sees(
         )
         assert _as_set(await catalog.postings(every_hash)) == expected
 
-        await catalog.compact()  # (the service's own compactor may have run first)
-        with psycopg.connect(stack.database_url) as conn:
-            recent = conn.execute(
-                "SELECT count(*) FROM catalog.recent_postings WHERE hash >= %s", (HASH_BASE,)
-            ).fetchone()
-            packed = conn.execute(
-                "SELECT count(*), sum(length(entries) / 8), bool_and(n * 8 = length(entries)) "
-                "FROM catalog.packed_postings WHERE hash >= %s",
-                (HASH_BASE,),
-            ).fetchone()
-        assert recent is not None and recent[0] == 0
-        assert packed is not None and packed == (400, 9000, True)
+        # One hash per row, packed in place (the service's own compactor may
+        # have packed them first, or re-bucketed them: this packs them back).
+        await catalog.compact(bits=0)
+        assert _packed_rows(stack) == (0, 400, 9000, True)
         assert _as_set(await catalog.postings(every_hash)) == expected
 
         # A new track lands in the recent part; the lookup sees both parts.
@@ -121,11 +113,87 @@ async def test_compaction_moves_postings_without_changing_what_a_lookup_sees(
         for track_id in ids:
             await catalog.delete_track(track_id)
     assert _as_set(await catalog.postings(every_hash)) == []
+    assert _packed_rows(stack)[1:] == (0, None, None)  # emptied rows are removed, not kept empty
+
+
+def _packed_rows(stack: StackInfo) -> tuple[int, int, int | None, bool | None]:
+    """(layout bits, packed rows, their entries, whether every n counts them) of HASH_BASE on."""
     with psycopg.connect(stack.database_url) as conn:
-        left = conn.execute(
-            "SELECT count(*) FROM catalog.packed_postings WHERE hash >= %s", (HASH_BASE,)
+        recent = conn.execute(
+            "SELECT count(*) FROM catalog.recent_postings WHERE hash >= %s", (HASH_BASE,)
         ).fetchone()
-    assert left is not None and left[0] == 0  # emptied rows are removed, not kept empty
+        assert recent is not None and recent[0] == 0
+        row = conn.execute(
+            "SELECT l.bits, count(p.*), sum(length(p.entries) / 8), "
+            "bool_and(p.n * 8 = length(p.entries)) "
+            "FROM (SELECT n AS bits FROM catalog.packed_postings WHERE hash = -1) l "
+            "LEFT JOIN catalog.packed_postings p ON p.hash >= %s >> l.bits GROUP BY l.bits",
+            (HASH_BASE,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), row[2], row[3]
+
+
+async def test_a_small_catalog_packs_neighbouring_hashes_into_one_row_and_back(
+    stack: StackInfo, catalog: Catalog
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    prints = {track_id: _fingerprint(seed) for seed, track_id in enumerate(ids, 4400)}
+    every_hash = np.arange(HASH_BASE, HASH_BASE + 400)
+    try:
+        keys = {t: await catalog.index_track(_event(t, *prints[t])) for t in ids}
+        expected = sorted(
+            (int(h), keys[t], int(tm)) for t in ids for h, tm in zip(*prints[t], strict=True)
+        )
+        # The catalog's own size picks the layout: a test catalog is tiny.
+        await catalog.compact()
+        rows = -(-400 >> MAX_BUCKET_BITS)  # 400 hashes, aligned: 13 rows of 32
+        assert _packed_rows(stack) == (MAX_BUCKET_BITS, rows, 9000, True)
+        assert _as_set(await catalog.postings(every_hash)) == expected
+        # Rows of several hashes give each lookup only its own hashes' postings.
+        some = every_hash[::7]
+        assert _as_set(await catalog.postings(some)) == [p for p in expected if p[0] in set(some)]
+        postings, left_out = await catalog.rarest_postings(every_hash, 10**6, parts=2)
+        assert _as_set(postings) == expected and left_out == 0
+        # The view decodes them whole.
+        with psycopg.connect(stack.database_url) as conn:
+            viewed = conn.execute(
+                "SELECT hash, track_key, t FROM catalog.postings WHERE hash >= %s ORDER BY 1, 2, 3",
+                (HASH_BASE,),
+            ).fetchall()
+        assert viewed == expected
+
+        # A delete takes its entries out of the shared rows; a newcomer joins
+        # through the recent part and the next packing; other layouts keep all.
+        assert await catalog.delete_track(ids[0])
+        expected = [p for p in expected if p[1] != keys[ids[0]]]
+        newcomer = str(uuid.uuid4())
+        ids.append(newcomer)
+        hashes, times = _fingerprint(4500)
+        keys[newcomer] = await catalog.index_track(_event(newcomer, hashes, times))
+        expected = sorted(
+            expected
+            + [(int(h), keys[newcomer], int(t)) for h, t in zip(hashes, times, strict=True)]
+        )
+        assert _as_set(await catalog.postings(every_hash)) == expected
+        for bits in (2, 0, MAX_BUCKET_BITS):
+            await catalog.compact(bits=bits)
+            assert _packed_rows(stack)[0] == bits
+            assert _as_set(await catalog.postings(every_hash)) == expected
+    finally:
+        for track_id in ids:
+            await catalog.delete_track(track_id)
+    assert _as_set(await catalog.postings(every_hash)) == []
+    assert _packed_rows(stack)[1:] == (0, None, None)
+
+
+async def test_hashes_the_index_cannot_key_are_refused(catalog: Catalog) -> None:
+    track_id = str(uuid.uuid4())
+    with pytest.raises(ValueError, match="beyond 31 bits"):
+        await catalog.index_track(_event(track_id, np.array([1 << 31]), np.array([5])))
+    with pytest.raises(ValueError, match="beyond the index"):
+        await catalog.index_track(_event(track_id, np.array([5]), np.array([1 << 24])))
+    assert await catalog.get_track(track_id) is None
 
 
 # The migration that turned packed_postings.entries from bigint[] into bytea.
@@ -140,18 +208,18 @@ async def test_the_bytea_migration_keeps_every_posting_and_its_order(stack: Stac
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = make_conninfo(stack.database_url, dbname=name)
     # (hash, track_keys, times) of packed rows in the old layout, entries in this
-    # order: unsigned hashes with the high bit set, the largest track key and
-    # time, a row emptied by a delete (none are left so, but one may be), rows
+    # order: the largest hash, track key and time (as migration 7 bounds
+    # them), a row emptied by a delete (none are left so, but one may be), rows
     # past the 1-byte varlena header and past the TOAST threshold.
     rows = [
-        (2**32 - 5, [3, 1, 3], [7, 0, 2**31 - 1]),
-        (17, [2**31 - 1, 2], [5, 2**31 - 1]),
+        (2**31 - 5, [3, 1, 3], [7, 0, 2**24 - 1]),
+        (17, [2**31 - 1, 2], [5, 2**24 - 1]),
         (18, [2], [9]),
         (19, [], []),
         (1000, [3, 1, 2] * 10, list(range(30, 0, -1))),
         (1001, [2, 3, 1] * 300, list(range(900))),
     ]
-    recent = [(17, 1, 4), (2**32 - 5, 2, 8), (20, 3, 1)]
+    recent = [(17, 1, 4), (2**31 - 5, 2, 8), (20, 3, 1)]
     pool = await open_pool(url, min_size=1, max_size=2)
     try:
         assert await migrate(pool, SCHEMA, MIGRATIONS[: ENTRIES_AS_BYTEA - 1]) == 5
@@ -206,27 +274,32 @@ async def test_the_bytea_migration_keeps_every_posting_and_its_order(stack: Stac
             ).fetchone() == ("bytea",)
             # Each row's entries in their old order, its n unchanged.
             packed = conn.execute(
-                "SELECT hash, n, entries FROM catalog.packed_postings ORDER BY hash"
+                "SELECT hash, n, entries FROM catalog.packed_postings WHERE hash <> -1 "
+                "ORDER BY hash"
             ).fetchall()
         by_hash = {int(np.int32(h).view(np.uint32)): (n, e) for h, n, e in packed}
         assert sorted(by_hash) == sorted(h for h, _, _ in rows)
         for h, keys, times in rows:
             n, entries = by_hash[h]
-            (_, tracks, frames), _ = decode_entry_rows([(h, entries)])
+            (_, tracks, frames), _ = decode_entry_rows([(h, 0, entries)])
             assert (n, tracks.tolist(), frames.tolist()) == (len(keys), keys, times)
 
         # The migrated rows are written as any other: a delete takes out
         # exactly its track's entries, and a compaction appends to them.
         assert await catalog.delete_track(_track_id(url, 2))
         expected = [p for p in expected if p[1] != 2]
-        assert await catalog.compact() == 2
+        assert await catalog.compact(bits=0) == 2
         assert _as_set(await catalog.postings(asked)) == expected
         with psycopg.connect(url) as conn:
             left = conn.execute(
-                "SELECT hash, n, length(entries) FROM catalog.packed_postings ORDER BY hash"
+                "SELECT hash, n, length(entries) FROM catalog.packed_postings "
+                "WHERE hash >= 0 ORDER BY hash"
             ).fetchall()
         assert (18, 1, 8) not in left  # its only entry was track 2's: the row is gone
         assert all(n * 8 == size for _, n, size in left)
+        # Left to choose, the compaction packs this small catalog into buckets.
+        await catalog.compact()
+        assert _as_set(await catalog.postings(asked)) == expected
     finally:
         await pool.close()
         with psycopg.connect(admin, autocommit=True) as conn:
@@ -272,7 +345,7 @@ async def test_a_postings_budget_reads_the_rarest_packed_hashes_that_fit(
         prints = [_fingerprint(seed) for seed in (4500, 4501)]
         for track_id, (hashes, times) in zip(ids, prints, strict=True):
             await catalog.index_track(_event(track_id, hashes, times))
-        await catalog.compact()
+        await catalog.compact(bits=0)  # one hash per row: the budget ranks hashes
         asked = np.arange(HASH_BASE, HASH_BASE + 50)
         everything = await catalog.postings(asked)
         found, counts = np.unique(everything[0], return_counts=True)
@@ -304,6 +377,18 @@ async def test_a_postings_budget_reads_the_rarest_packed_hashes_that_fit(
             in_half = np.isin(found, half)
             assert set(split_hashes[kept].tolist()) <= set(found[in_half].tolist())
         assert split_left > 0 and 0 < split_hashes.size <= budget
+
+        # Rows of 2**bits hashes are ranked as rows, the budget scaled alike:
+        # still a subset of the postings, whole hashes, and all of them when it fits.
+        await catalog.compact(bits=3)
+        assert _as_set(await catalog.postings(asked)) == _as_set(everything)
+        bucketed, bucketed_left = await catalog.rarest_postings(asked, budget // 8)
+        assert bucketed_left > 0 and 0 < bucketed[0].size < everything[0].size
+        assert set(_as_set(bucketed)) <= set(_as_set(everything))
+        kept, kept_counts = np.unique(bucketed[0], return_counts=True)
+        assert kept_counts.tolist() == counts[np.isin(found, kept)].tolist()
+        _, nothing_left = await catalog.rarest_postings(asked, int(counts.sum()))
+        assert nothing_left == 0
     finally:
         for track_id in ids:
             await catalog.delete_track(track_id)

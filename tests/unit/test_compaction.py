@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 
 from earmark_search.catalog import (
+    FULL_WIDTH_POSTINGS,
+    MAX_BUCKET_BITS,
     HashArray,
     _HashArrayDumper,
+    bucket_bits_for,
     decode_entry_rows,
     entry_bytes,
+    only_hashes,
     pack_entries,
 )
 from earmark_search.compaction import CompactionPolicy, Compactor, IdleFlush
@@ -83,12 +87,14 @@ def _int8send(entries: np.ndarray | None) -> bytes | None:
     return b"".join(struct.pack(">q", int(e)) for e in entries)
 
 
-def _rows(rows: list[tuple[int, np.ndarray | None]]) -> list[tuple[int, bytes | None]]:
-    return [(hash_value, _int8send(entries)) for hash_value, entries in rows]
+def _rows(
+    rows: list[tuple[int, np.ndarray | None]], bits: int = 0
+) -> list[tuple[int, int, bytes | None]]:
+    return [(key, bits, _int8send(entries)) for key, entries in rows]
 
 
 def test_packed_rows_decode_to_one_posting_per_entry() -> None:
-    first = pack_entries(np.array([3, 3, 9]), np.array([0, 70_000, 2**31 - 1]))
+    first = pack_entries(np.array([3, 3, 9]), np.array([0, 70_000, 2**24 - 1]))
     second = pack_entries(np.array([1]), np.array([12]))
     (hashes, tracks, times), left_out = decode_entry_rows(
         _rows([(-5, first), (7, np.empty(0, np.int64)), (9, None), (2**23 - 1, second)])
@@ -96,7 +102,41 @@ def test_packed_rows_decode_to_one_posting_per_entry() -> None:
     assert left_out == 1
     assert hashes.tolist() == [2**32 - 5] * 3 + [2**23 - 1]  # unsigned, bit for bit
     assert tracks.tolist() == [3, 3, 9, 1]
-    assert times.tolist() == [0, 70_000, 2**31 - 1, 12]
+    assert times.tolist() == [0, 70_000, 2**24 - 1, 12]
+
+
+def test_a_row_of_several_hashes_gives_each_posting_its_whole_hash() -> None:
+    # Bits 3: row 5 holds hashes 40..47, each entry its hash's low 3 bits.
+    entries = pack_entries(np.array([2, 2, 7]), np.array([10, 11, 12]), np.array([0, 7, 3]))
+    (hashes, tracks, times), _ = decode_entry_rows(_rows([(5, entries)], bits=3))
+    assert hashes.tolist() == [40, 47, 43]
+    assert tracks.tolist() == [2, 2, 7] and times.tolist() == [10, 11, 12]
+
+
+def test_only_the_wanted_hashes_of_a_row_are_kept() -> None:
+    postings = (
+        np.array([40, 47, 43, 43], dtype="<u4"),
+        np.array([2, 2, 7, 8]),
+        np.array([10, 11, 12, 13]),
+    )
+    hashes, tracks, times = only_hashes(postings, np.array([43, 44, 99], dtype="<u4"))
+    assert hashes.tolist() == [43, 43] and tracks.tolist() == [7, 8] and times.tolist() == [12, 13]
+    assert only_hashes(postings, np.array([], dtype="<u4"))[0].size == 0
+
+
+@pytest.mark.parametrize(
+    ("postings", "bits"),
+    [
+        (0, MAX_BUCKET_BITS),
+        (2_640_000, 5),  # ~4 h of audio
+        (5_300_000, 4),  # ~8 h
+        (FULL_WIDTH_POSTINGS // 2, 1),
+        (FULL_WIDTH_POSTINGS, 0),
+        (FULL_WIDTH_POSTINGS * 40, 0),
+    ],
+)
+def test_rows_span_fewer_hashes_as_the_catalog_grows(postings: int, bits: int) -> None:
+    assert bucket_bits_for(postings) == bits
 
 
 def test_no_rows_decode_to_no_postings() -> None:
@@ -115,7 +155,7 @@ def test_entries_keep_the_whole_track_key(track_key: int) -> None:
 
 def test_entries_as_memoryviews_decode_alike() -> None:
     entries = pack_entries(np.array([4, 2]), np.array([1, 2]))
-    (hashes, tracks, times), _ = decode_entry_rows([(3, memoryview(entry_bytes(entries)))])
+    (hashes, tracks, times), _ = decode_entry_rows([(3, 0, memoryview(entry_bytes(entries)))])
     assert hashes.tolist() == [3, 3] and tracks.tolist() == [4, 2] and times.tolist() == [1, 2]
 
 
@@ -158,7 +198,7 @@ def test_entries_that_are_not_whole_8_byte_integers_are_refused() -> None:
     array = struct.pack(">iiiii", 1, 0, 20, 2, 1) + struct.pack(">iqiq", 8, 5, 8, 6)
     assert len(array) % 8
     with pytest.raises(ValueError, match="8-byte"):
-        decode_entry_rows([(7, array)])
+        decode_entry_rows([(7, 0, array)])
 
 
 def test_hashes_are_bound_as_a_binary_int4_array_bit_for_bit() -> None:

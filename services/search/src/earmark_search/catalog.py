@@ -1,8 +1,9 @@
 """The catalog store: tracks and their landmark index in PostgreSQL.
 
 Writes go through binary COPY built with numpy (no per-row Python work) into
-`recent_postings`; `compact` later packs them into one row per hash, its
-entries a `bytea` of 8-byte big-endian integers (schema.py). Lookups read both
+`recent_postings`; `compact` later packs them into one row per hash (or per
+2**bits neighbouring hashes in a small catalog), its entries a `bytea` of
+8-byte big-endian integers (schema.py). Lookups read both
 parts in one prepared statement, with the clip's hashes bound as one binary
 array and each row's entries returned as those bytes, parsed with numpy, so a
 clip's postings cost one round trip and no per-posting Python work whatever
@@ -14,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import psycopg
@@ -30,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from earmark.v1 import common_pb2, events_pb2
 
-from .schema import SCHEMA
+from .schema import POSTINGS_VIEW, SCHEMA
 from .verification import pack_peaks
 
 # Advisory lock key held while a track is checked for duplicates and written.
@@ -61,19 +63,50 @@ def encode_postings(hashes: np.ndarray, track_key: int, times: np.ndarray) -> by
     return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
-# One packed entry: track_key in the high 32 bits, the landmark's frame in the
-# low; stored as 8 big-endian bytes (int8send()), a row's entries end to end.
+# One packed entry: track_key in the high 32 bits, then the low `bits` of the
+# hash (a row holds 2**bits neighbouring hashes, schema.py) in one byte, then
+# the landmark's frame in 24 bits; stored as 8 big-endian bytes (int8send()), a
+# row's entries end to end.
 _ENTRY_TRACK_SHIFT = 32
-_ENTRY_TIME_MASK = 0xFFFFFFFF
+_ENTRY_LOW_SHIFT = 24
+_ENTRY_LOW_MASK = 0xFF
+_ENTRY_TIME_MASK = 0xFFFFFF
 _ENTRY_BYTES = 8
+# 2**24 frames of 32 ms: 149 hours in one track.
+MAX_LANDMARK_TIME: Final = _ENTRY_TIME_MASK
+# The packed rows' layout follows the catalog's size (Catalog.compact): a row
+# holds the postings of 2**bits neighbouring hashes, bits chosen so that rows
+# hold tens of postings (at 4 h of audio one hash has ~4: a row's header and
+# B-tree entry, ~69 bytes, cost more than its postings), down to one hash per
+# row from FULL_WIDTH_POSTINGS on (~210 h), where one hash has that many
+# already. A lookup reads the whole row of each query hash, so this bounds
+# what it reads per hash about as the catalog's size does at full width.
+MAX_BUCKET_BITS: Final = 5
+FULL_WIDTH_POSTINGS: Final = 1 << 27
+# A catalog packed hash by hash is re-bucketed only below this size (~52 h):
+# above it the rewrite costs more than the rows it saves.
+REBUCKET_MAX_POSTINGS: Final = 1 << 25
 
 Postings = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def pack_entries(track_keys: np.ndarray, times: np.ndarray) -> np.ndarray:
-    return (track_keys.astype(np.int64) << _ENTRY_TRACK_SHIFT) | (
+def bucket_bits_for(postings: int) -> int:
+    """How many low hash bits a packed row should span for a catalog of `postings`."""
+    if postings <= 0:
+        return MAX_BUCKET_BITS
+    return int(min(max(math.floor(math.log2(FULL_WIDTH_POSTINGS / postings)), 0), MAX_BUCKET_BITS))
+
+
+def pack_entries(
+    track_keys: np.ndarray, times: np.ndarray, low_bits: np.ndarray | None = None
+) -> np.ndarray:
+    """Entries as stored; `low_bits`: each hash's bits below its row's key (none: 0)."""
+    entries = (track_keys.astype(np.int64) << _ENTRY_TRACK_SHIFT) | (
         times.astype(np.int64) & _ENTRY_TIME_MASK
     )
+    if low_bits is not None:
+        entries |= (low_bits.astype(np.int64) & _ENTRY_LOW_MASK) << _ENTRY_LOW_SHIFT
+    return entries
 
 
 class HashArray:
@@ -116,38 +149,61 @@ def entry_bytes(entries: np.ndarray) -> bytes:
     return entries.astype(">i8").tobytes()
 
 
-def decode_entry_rows(
-    rows: Sequence[tuple[int, bytes | memoryview | None]],
-) -> tuple[Postings, int]:
-    """Postings from (hash, entries) rows; also how many rows were NULL.
+def _no_postings() -> Postings:
+    empty = np.empty(0, dtype=np.int64)
+    return np.empty(0, dtype="<u4"), empty, empty
 
-    A NULL is a hash left out by a postings budget. Entries are 8-byte
-    big-endian integers end to end (`entry_bytes`). The Python loop only
-    collects each row's bytes; the entries of every row are then read at once.
+
+def decode_entry_rows(
+    rows: Sequence[tuple[int, int, bytes | memoryview | None]],
+) -> tuple[Postings, int]:
+    """Postings from (row key, layout bits, entries) rows; also how many rows were NULL.
+
+    A NULL is a row left out by a postings budget. Entries are 8-byte
+    big-endian integers end to end (`entry_bytes`); a posting's hash is its
+    row's key shifted up by `bits` plus the entry's low bits. The Python loop
+    only collects each row's bytes; the entries of every row are then read at
+    once.
     """
-    row_hashes: list[int] = []
+    keys: list[int] = []
+    row_bits: list[int] = []
     blobs: list[bytes | memoryview] = []
     skipped = 0
-    for hash_value, blob in rows:
+    for key, bits, blob in rows:
         if blob is None:
             skipped += 1
         elif len(blob):
-            row_hashes.append(hash_value)
+            keys.append(key)
+            row_bits.append(bits)
             blobs.append(blob)
     if not blobs:
-        empty = np.empty(0, dtype=np.int64)
-        return (np.empty(0, dtype="<u4"), empty, empty), skipped
+        return _no_postings(), skipped
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
     if np.any(lengths % _ENTRY_BYTES):
         raise ValueError("packed entries are not a whole number of 8-byte entries")
     entries = np.frombuffer(b"".join(blobs), dtype=">i8").astype(np.int64)
-    hashes = np.repeat(np.asarray(row_hashes, dtype=np.int64), lengths // _ENTRY_BYTES)
+    counts = lengths // _ENTRY_BYTES
+    shifted = np.asarray(keys, dtype=np.int64) << np.asarray(row_bits, dtype=np.int64)
+    hashes = np.repeat(shifted, counts) | ((entries >> _ENTRY_LOW_SHIFT) & _ENTRY_LOW_MASK)
     postings = (
         hashes.astype("<i4").view("<u4"),
         entries >> _ENTRY_TRACK_SHIFT,
         entries & _ENTRY_TIME_MASK,
     )
     return postings, skipped
+
+
+def only_hashes(postings: Postings, wanted: np.ndarray) -> Postings:
+    """The postings whose hash is in `wanted` (sorted, distinct): a packed row
+    spanning several hashes brings its neighbours' postings along."""
+    hashes, tracks, times = postings
+    if hashes.size == 0 or wanted.size == 0:
+        return _no_postings()
+    at = np.minimum(np.searchsorted(wanted, hashes), wanted.size - 1)
+    keep = wanted[at] == hashes
+    if keep.all():
+        return postings
+    return hashes[keep], tracks[keep], times[keep]
 
 
 @dataclass(frozen=True)
@@ -206,31 +262,50 @@ _TRACK_COLUMNS = (
 # big-endian integers end to end; the recent rows are packed alike on the
 # way), which numpy parses at once, and the statements are prepared once per
 # connection.
+#
+# Both parts come back as (row key, bits, entries) in the packed rows' layout,
+# whose bits the marker row of packed_postings holds (schema.py); the query's
+# hashes select their rows by key, `hash >> bits`.
+# A table without its marker row (emptied by TRUNCATE, say) holds one hash per row.
+_LAYOUT_BITS = f"coalesce((SELECT n FROM {SCHEMA}.packed_postings WHERE hash = -1), 0)"  # noqa: S608
 _RECENT_ROWS = f"""
-    SELECT hash, string_agg(int8send((track_key::bigint << 32) | t::bigint), ''::bytea)
-    FROM {SCHEMA}.recent_postings WHERE hash = ANY(%(hashes)s) GROUP BY hash
+    WITH layout AS MATERIALIZED (SELECT {_LAYOUT_BITS} AS bits),
+    wanted AS MATERIALIZED (
+        SELECT array_agg(DISTINCT h >> (SELECT bits FROM layout)) AS keys
+        FROM unnest(%(hashes)s::integer[]) AS h
+    )
+    SELECT r.hash >> l.bits, l.bits, string_agg(int8send((r.track_key::bigint << 32)
+        | ((r.hash & ((1 << l.bits) - 1))::bigint << 24) | r.t::bigint), ''::bytea)
+    FROM {SCHEMA}.recent_postings r, layout l WHERE r.hash = ANY(%(hashes)s)
+    GROUP BY 1, 2
 """  # noqa: S608
 _PACKED_ROWS = f"""
     {_RECENT_ROWS}
     UNION ALL
-    SELECT hash, entries FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s)
+    SELECT p.hash, l.bits, p.entries FROM {SCHEMA}.packed_postings p, layout l
+    WHERE p.hash = ANY((SELECT keys FROM wanted)::integer[])
 """  # noqa: S608
 # The rarest hashes first, while their postings fit the budget. One index probe
 # per hash: each row is read once and its entries ride along to the ranking (a
 # long row's entries are TOASTed, and only their pointer travels: they are
 # fetched only for a kept row). A hash left out comes back with NULL entries,
 # so the caller knows that there is more.
+#
+# A row spanning 2**bits hashes holds about that many hashes' postings, of
+# which the query wants about one's: the budget grows alike.
 _RAREST_PACKED_ROWS = f"""
     {_RECENT_ROWS}
     UNION ALL
-    SELECT hash, CASE WHEN running <= %(budget)s THEN entries END
+    SELECT hash, bits, CASE WHEN running <= (%(budget)s::bigint << bits) THEN entries END
     FROM (
-        SELECT hash, entries, sum(n) OVER (ORDER BY n, hash) AS running
-        FROM {SCHEMA}.packed_postings WHERE hash = ANY(%(hashes)s)
+        SELECT p.hash, l.bits, p.entries, sum(p.n) OVER (ORDER BY p.n, p.hash) AS running
+        FROM {SCHEMA}.packed_postings p, layout l
+        WHERE p.hash = ANY((SELECT keys FROM wanted)::integer[])
     ) ranked
 """  # noqa: S608
 # Moves one hash range of recent_postings into packed_postings, appending to
-# existing rows; returns how many postings moved.
+# existing rows; returns how many postings moved. Only for one hash per row
+# (bits 0): the entries carry no low bits.
 _COMPACT_SLICE = f"""
 WITH moved AS (
     DELETE FROM {SCHEMA}.recent_postings WHERE hash >= %s AND hash < %s
@@ -244,6 +319,53 @@ WITH moved AS (
 SELECT count(*) FROM moved
 """  # noqa: S608 - SCHEMA is a module constant, values are parameters
 
+# The whole index, both parts, packed afresh into a new table in the layout of
+# `bits`: every packed entry is decoded with the current layout (its
+# hash = key << old | low byte) and re-keyed, and the recent postings join in.
+# The table is filled first and keyed after (a B-tree built from sorted input
+# is dense); the caller swaps it in.
+_REBUILT = f"{SCHEMA}.packed_postings_next"
+_REBUILD = (
+    f"""
+CREATE TABLE {_REBUILT} (
+    hash    integer NOT NULL,
+    n       integer NOT NULL,
+    entries bytea NOT NULL
+) WITH (fillfactor = 100)
+""",
+    f"INSERT INTO {_REBUILT} (hash, n, entries) VALUES (-1, %(new)s::integer, ''::bytea)",  # noqa: S608
+    f"""
+INSERT INTO {_REBUILT} (hash, n, entries)
+SELECT whole >> %(new)s::integer, count(*), string_agg(
+    set_byte(entry, 4, (whole & ((1 << %(new)s::integer) - 1))::integer), ''::bytea ORDER BY entry)
+FROM (
+    SELECT (p.hash << %(old)s::integer) | get_byte(p.entries, o + 4) AS whole,
+        substring(p.entries FROM o + 1 FOR 8) AS entry
+    FROM {SCHEMA}.packed_postings p, generate_series(0, length(p.entries) - 8, 8) AS o
+    WHERE p.hash >= 0
+    UNION ALL
+    SELECT hash, int8send((track_key::bigint << 32) | t::bigint) FROM {SCHEMA}.recent_postings
+) decoded
+GROUP BY 1
+""",  # noqa: S608 - SCHEMA is a module constant, values are parameters
+    f"ALTER TABLE {_REBUILT} ADD PRIMARY KEY (hash) INCLUDE (n)",
+)
+_SWAP_IN_REBUILT = f"""
+DROP VIEW {SCHEMA}.postings;
+DROP TABLE {SCHEMA}.packed_postings;
+ALTER TABLE {_REBUILT} RENAME TO packed_postings;
+ALTER INDEX {_REBUILT}_pkey RENAME TO packed_postings_pkey;
+{POSTINGS_VIEW}
+TRUNCATE {SCHEMA}.recent_postings;
+"""
+
+
+async def _layout_bits(conn: AsyncConnection) -> int:
+    cur = await conn.execute(f"SELECT {_LAYOUT_BITS}")
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
 
 def _landmark_arrays(
     lm: common_pb2.LandmarkFingerprint,
@@ -253,6 +375,14 @@ def _landmark_arrays(
     times = np.frombuffer(lm.times, dtype="<u4")
     if hashes.shape != times.shape:
         raise ValueError("landmark hashes and times differ in length")
+    if hashes.size and int(hashes.max()) >= 1 << 31:
+        # The sign bit of the integer key: the layout marker's (-1) and unused by
+        # any extractor (ALGORITHM_VERSION 1 uses 23 bits).
+        raise ValueError(f"landmark hash {int(hashes.max()):#x} is beyond 31 bits")
+    if times.size and int(times.max()) > MAX_LANDMARK_TIME:
+        raise ValueError(
+            f"landmark time {int(times.max())} is beyond the index's {MAX_LANDMARK_TIME} frames"
+        )
     peaks = pack_peaks(
         np.frombuffer(lm.peak_times, dtype="<u4"), np.frombuffer(lm.peak_bins, dtype="<u4")
     )
@@ -412,6 +542,11 @@ class Catalog:
             "WHERE l.hash = f.hash AND l.track_key = %(key)s",
             params,
         )
+        # The packed rows holding them: one per distinct key, `hash >> bits`.
+        track_hashes = (
+            f"(SELECT DISTINCT h >> {_LAYOUT_BITS} AS hash "  # noqa: S608
+            f"FROM {SCHEMA}.fingerprints, unnest(hashes) AS h WHERE track_key = %(key)s) f"
+        )
         # Keep the 8-byte entries whose first 4 bytes (the track key, big-endian)
         # are not this track's.
         await conn.execute(
@@ -481,15 +616,15 @@ class Catalog:
     ) -> tuple[Postings, int]:
         """One lookup statement over `unique`: distinct hashes as uint32."""
         if unique.size == 0:
-            empty = np.empty(0, dtype=np.int64)
-            return (np.empty(0, dtype="<u4"), empty, empty), 0
+            return _no_postings(), 0
         params: dict[str, Any] = {"hashes": HashArray(unique)}
         if budget is not None:
             params["budget"] = budget
         async with self._pool.connection() as conn:
             cur = await conn.execute(statement, params, prepare=True, binary=True)
             rows = await cur.fetchall()
-        return decode_entry_rows(rows)
+        postings, skipped = decode_entry_rows(rows)
+        return only_hashes(postings, unique), skipped
 
     async def backlog(self) -> tuple[int, int]:
         """(postings waiting in recent_postings, postings of the whole catalog)."""
@@ -502,47 +637,94 @@ class Catalog:
         assert row is not None
         return int(row[0]), int(row[1])
 
-    async def compact(self, slices: int = 16) -> int:
+    async def compact(self, slices: int = 16, *, bits: int | None = None) -> int:
         """Move every recent posting into the packed rows; the number moved.
 
-        Works in hash-range slices, one transaction each: a slice's hashes
-        move atomically (lookups see them in one part or the other), locks
-        are held briefly, and a crash loses nothing (the slice rolls back and
-        its postings are still in recent_postings).
+        A catalog whose rows span several hashes, or one small enough to
+        (`bucket_bits_for`), is packed afresh into a new table in the layout
+        its size calls for (`bits` asks for one): each new posting would touch
+        most rows anyway, and a fresh table has no dead row versions. A larger
+        one, one hash per row, is packed in place in hash-range slices, one
+        transaction each: a slice's hashes move atomically (lookups see them
+        in one part or the other), locks are held briefly, and a crash loses
+        nothing (the slice rolls back and its postings are still in
+        recent_postings).
         """
-        moved = 0
         async with self._pool.connection() as conn:
             if not conn.autocommit:
                 # Each slice must commit on its own, and VACUUM cannot run in a transaction.
                 raise RuntimeError("Catalog.compact needs an autocommit pool (db.open_pool)")
-            cur = await conn.execute(
-                f"SELECT min(hash), max(hash) FROM {SCHEMA}.recent_postings"  # noqa: S608
-            )
-            row = await cur.fetchone()
-            if row is None or row[0] is None:
-                return 0
-            edges = np.linspace(int(row[0]), int(row[1]) + 1, slices + 1)
-            bounds = np.unique(edges.astype(np.int64))
-            for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-                async with conn.transaction():
-                    await _lock_postings(conn)
-                    cur = await conn.execute(_COMPACT_SLICE, (low, high))
-                    counted = await cur.fetchone()
-                    moved += int(counted[0]) if counted else 0
-            async with conn.transaction():
-                await _lock_postings(conn)  # no writer can add a row meanwhile
+            current = await _layout_bits(conn)
+            if bits is None:
                 cur = await conn.execute(
-                    f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.recent_postings)"  # noqa: S608
+                    f"SELECT coalesce(sum(landmark_count), 0) FROM {SCHEMA}.tracks"  # noqa: S608
                 )
-                left = await cur.fetchone()
-                if left is not None and not left[0]:
-                    # Empty: give back the heap and the B-tree (VACUUM keeps the
-                    # B-tree's pages). Lookups wait for the TRUNCATE's brief lock.
-                    await conn.execute(f"TRUNCATE {SCHEMA}.recent_postings")
+                row = await cur.fetchone()
+                total = int(row[0]) if row else 0
+                wanted = bucket_bits_for(total)
+                rebucket = current > 0 or total <= REBUCKET_MAX_POSTINGS
+                bits = wanted if rebucket else 0
+            if bits == current == 0:
+                moved = await self._compact_in_place(conn, slices)
+            else:
+                moved = await self._rebuild(conn, bits)
             # Make the moved rows and the packed rows' old versions reusable now, so
             # the next appends fill them instead of growing the files.
             await conn.execute(f"VACUUM (ANALYZE) {SCHEMA}.recent_postings")
             await conn.execute(f"VACUUM (ANALYZE) {SCHEMA}.packed_postings")
+        return moved
+
+    async def _rebuild(self, conn: AsyncConnection, bits: int) -> int:
+        """Pack the whole index into a new table of `bits`, swapped in at once.
+
+        One transaction under the writers' lock: writers wait (seconds at the
+        sizes this runs at), lookups read the old table until the swap's
+        brief exclusive lock, then the new one, its layout with it.
+        """
+        if not 0 <= bits <= MAX_BUCKET_BITS:
+            raise ValueError(f"bits must be within 0..{MAX_BUCKET_BITS}, not {bits}")
+        async with conn.transaction():
+            await _lock_postings(conn)
+            old = await _layout_bits(conn)
+            cur = await conn.execute(f"SELECT count(*) FROM {SCHEMA}.recent_postings")  # noqa: S608
+            row = await cur.fetchone()
+            moved = int(row[0]) if row else 0
+            await conn.execute(f"DROP TABLE IF EXISTS {_REBUILT}")
+            for statement in _REBUILD:
+                await conn.execute(statement, {"old": old, "new": bits})
+            await conn.execute(_SWAP_IN_REBUILT)
+        return moved
+
+    async def _compact_in_place(self, conn: AsyncConnection, slices: int) -> int:
+        moved = 0
+        cur = await conn.execute(
+            f"SELECT min(hash), max(hash) FROM {SCHEMA}.recent_postings"  # noqa: S608
+        )
+        row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return 0
+        edges = np.linspace(int(row[0]), int(row[1]) + 1, slices + 1)
+        bounds = np.unique(edges.astype(np.int64))
+        for low, high in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            async with conn.transaction():
+                await _lock_postings(conn)
+                if await _layout_bits(conn) != 0:
+                    # Another replica re-bucketed meanwhile: its layout is not
+                    # this slice's; the next compaction packs what is left.
+                    return moved
+                cur = await conn.execute(_COMPACT_SLICE, (low, high))
+                counted = await cur.fetchone()
+                moved += int(counted[0]) if counted else 0
+        async with conn.transaction():
+            await _lock_postings(conn)  # no writer can add a row meanwhile
+            cur = await conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.recent_postings)"  # noqa: S608
+            )
+            left = await cur.fetchone()
+            if left is not None and not left[0]:
+                # Empty: give back the heap and the B-tree (VACUUM keeps the
+                # B-tree's pages). Lookups wait for the TRUNCATE's brief lock.
+                await conn.execute(f"TRUNCATE {SCHEMA}.recent_postings")
         return moved
 
     async def tracks_by_key(self, keys: list[int]) -> dict[int, TrackRow]:

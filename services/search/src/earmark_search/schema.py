@@ -26,9 +26,36 @@ Landmarks are stored twice, as acoustid-server does with its fingerprints:
   moved is seen exactly once.
 Hashes are unsigned 32-bit values stored in signed `integer` columns
 (bit-for-bit), never as byte strings.
+
+Since migration 7 a packed row may hold the postings of 2**bits neighbouring
+hashes (`hash >> bits` is its key), with each entry's low byte above the time
+holding the hash's low bits: `(track_key << 32) | (low << 24) | t`. A small
+catalog has few postings per hash, so one row per hash spent more on row
+headers and B-tree entries than on postings (~69 bytes a row for ~4 postings
+of 8 bytes at 4 h of audio); the bits shrink as the catalog grows, down to one
+hash per row (catalog.bucket_bits_for). The current `bits` is the `n` of the
+marker row `hash = -1` of the same table (none: 0, as after a TRUNCATE), so a
+statement that reads rows reads the layout they were written in.
 """
 
 SCHEMA = "catalog"
+
+# Every posting of both parts, with its whole hash: the packed rows' keys and
+# entries decoded with the layout of their own table.
+POSTINGS_VIEW = f"""
+    CREATE VIEW {SCHEMA}.postings AS
+        SELECT hash, track_key, t FROM {SCHEMA}.recent_postings
+        UNION ALL
+        SELECT ((p.hash::bigint << layout.bits) | ((e >> 24) & 255))::integer,
+            (e >> 32)::integer, (e & 16777215)::integer
+        FROM {SCHEMA}.packed_postings p,
+            (SELECT coalesce((SELECT n FROM {SCHEMA}.packed_postings WHERE hash = -1), 0) AS bits)
+                AS layout,
+            generate_series(0, length(p.entries) - 8, 8) AS o,
+            LATERAL (SELECT ('x' || encode(substring(p.entries, o + 1, 8), 'hex'))::bit(64)::bigint)
+                AS d(e)
+        WHERE p.hash >= 0;
+"""  # noqa: S608 - SCHEMA is a module constant
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -123,4 +150,22 @@ MIGRATIONS: tuple[str, ...] = (
             LATERAL (SELECT ('x' || encode(substring(p.entries, o + 1, 8), 'hex'))::bit(64)::bigint)
                 AS d(e);
     """,
+    # The layout marker (see above): existing rows are one hash each (bits 0,
+    # and their entries' times are below 2**24 frames, so their low byte is 0);
+    # the next compaction re-buckets a small catalog (Catalog.compact). Hashes
+    # with the sign bit (no extractor makes them) or tracks over 2**24 frames
+    # (149 h) would not fit the new layout: the migration stops instead.
+    f"""
+    DO $$
+    BEGIN
+        IF EXISTS (SELECT 1 FROM packed_postings WHERE hash < 0)
+            OR EXISTS (SELECT 1 FROM recent_postings WHERE hash < 0 OR t > 16777215)
+            OR EXISTS (SELECT 1 FROM tracks WHERE duration_s * frame_rate_hz > 16777215) THEN
+            RAISE EXCEPTION 'catalog holds hashes of 32 bits or tracks over 2^24 frames';
+        END IF;
+    END $$;
+    INSERT INTO packed_postings (hash, n, entries) VALUES (-1, 0, ''::bytea);
+    DROP VIEW postings;
+    {POSTINGS_VIEW}
+    """,  # noqa: S608
 )
