@@ -15,7 +15,6 @@ from earmark_search.catalog import (
     bucket_bits_for,
     decode_entry_rows,
     entry_bytes,
-    only_hashes,
     pack_entries,
 )
 from earmark_search.compaction import CompactionPolicy, Compactor, IdleFlush
@@ -114,14 +113,26 @@ def test_a_row_of_several_hashes_gives_each_posting_its_whole_hash() -> None:
 
 
 def test_only_the_wanted_hashes_of_a_row_are_kept() -> None:
-    postings = (
-        np.array([40, 47, 43, 43], dtype="<u4"),
-        np.array([2, 2, 7, 8]),
-        np.array([10, 11, 12, 13]),
-    )
-    hashes, tracks, times = only_hashes(postings, np.array([43, 44, 99], dtype="<u4"))
+    # Bits 3: row 5 holds hashes 40..47, row 6 holds 48..55 (none wanted).
+    row5 = pack_entries(np.array([2, 2, 7, 8]), np.array([10, 11, 12, 13]), np.array([0, 7, 3, 3]))
+    row6 = pack_entries(np.array([4]), np.array([14]), np.array([1]))
+    rows = _rows([(5, row5), (6, row6)], bits=3)
+    wanted = np.array([43, 44, 99], dtype=np.int64)
+    (hashes, tracks, times), _ = decode_entry_rows(rows, wanted)
     assert hashes.tolist() == [43, 43] and tracks.tolist() == [7, 8] and times.tolist() == [12, 13]
-    assert only_hashes(postings, np.array([], dtype="<u4"))[0].size == 0
+    assert decode_entry_rows(rows, np.array([], dtype=np.int64))[0][0].size == 0
+    # Every hash of the rows wanted: nothing dropped.
+    (hashes, _, _), _ = decode_entry_rows(rows, np.arange(40, 56, dtype=np.int64))
+    assert hashes.tolist() == [40, 47, 43, 43, 49]
+
+
+def test_rows_of_a_layout_too_wide_for_one_mask_are_filtered_hash_by_hash() -> None:
+    # Bits 7: row 1 holds hashes 128..255.
+    entries = pack_entries(np.array([1, 2, 3]), np.array([5, 6, 7]), np.array([0, 100, 127]))
+    (hashes, tracks, _), _ = decode_entry_rows(
+        _rows([(1, entries)], bits=7), np.array([228, 255], dtype=np.int64)
+    )
+    assert hashes.tolist() == [228, 255] and tracks.tolist() == [2, 3]
 
 
 @pytest.mark.parametrize(
@@ -209,3 +220,35 @@ def test_hashes_are_bound_as_a_binary_int4_array_bit_for_bit() -> None:
     values = struct.unpack_from(">" + "ii" * 3, data, 20)
     assert values == (4, 0, 4, 7, 4, -5)  # unsigned hashes travel as signed int4
     assert dumper.dump(HashArray(np.zeros(0, np.uint32))) == struct.pack(">iii", 0, 0, 23)
+
+
+@pytest.mark.parametrize("bits", [0, 1, 3, 5])
+def test_filtering_by_row_masks_keeps_exactly_the_wanted_hashes(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    all_hashes = rng.integers(0, 4096, 3000)
+    tracks, times = rng.integers(1, 50, 3000), rng.integers(0, 2**24, 3000)
+    order = np.argsort(all_hashes >> bits, kind="stable")
+    all_hashes, tracks, times = all_hashes[order], tracks[order], times[order]
+    keys, starts = np.unique(all_hashes >> bits, return_index=True)
+    rows = [
+        (int(key), bits, entry_bytes(pack_entries(t, f, h & ((1 << bits) - 1))))
+        for key, h, t, f in zip(
+            keys,
+            np.split(all_hashes, starts[1:]),
+            np.split(tracks, starts[1:]),
+            np.split(times, starts[1:]),
+            strict=True,
+        )
+    ]
+    wanted = np.unique(rng.integers(0, 4096, 500))
+    if bits == 0:  # the lookup reads only the wanted hashes' rows at one hash per row
+        rows = [row for row in rows if row[0] in set(wanted.tolist())]
+    (hashes, got_tracks, got_times), _ = decode_entry_rows(rows, wanted)
+    expected = np.isin(all_hashes, wanted)
+    assert _as_set(hashes, got_tracks, got_times) == _as_set(
+        all_hashes[expected], tracks[expected], times[expected]
+    )
+
+
+def _as_set(*columns: np.ndarray) -> list[tuple[int, ...]]:
+    return sorted(zip(*(column.tolist() for column in columns), strict=True))

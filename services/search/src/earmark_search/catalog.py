@@ -156,6 +156,7 @@ def _no_postings() -> Postings:
 
 def decode_entry_rows(
     rows: Sequence[tuple[int, int, bytes | memoryview | None]],
+    wanted: np.ndarray | None = None,
 ) -> tuple[Postings, int]:
     """Postings from (row key, layout bits, entries) rows; also how many rows were NULL.
 
@@ -163,7 +164,10 @@ def decode_entry_rows(
     big-endian integers end to end (`entry_bytes`); a posting's hash is its
     row's key shifted up by `bits` plus the entry's low bits. The Python loop
     only collects each row's bytes; the entries of every row are then read at
-    once.
+    once. With `wanted` (sorted, distinct hashes), only their postings are
+    kept: a row spanning several hashes brings its neighbours' along, about
+    nine in ten of what a lookup reads at 5 bits, so they are dropped by
+    their low bits before anything else is computed from them.
     """
     keys: list[int] = []
     row_bits: list[int] = []
@@ -181,10 +185,29 @@ def decode_entry_rows(
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
     if np.any(lengths % _ENTRY_BYTES):
         raise ValueError("packed entries are not a whole number of 8-byte entries")
-    entries = np.frombuffer(b"".join(blobs), dtype=">i8").astype(np.int64)
+    joined = b"".join(blobs)
     counts = lengths // _ENTRY_BYTES
-    shifted = np.asarray(keys, dtype=np.int64) << np.asarray(row_bits, dtype=np.int64)
-    hashes = np.repeat(shifted, counts) | ((entries >> _ENTRY_LOW_SHIFT) & _ENTRY_LOW_MASK)
+    row_keys = np.asarray(keys, dtype=np.int64)
+    bits_of_row = np.asarray(row_bits, dtype=np.int64)
+    row_starts = row_keys << bits_of_row
+    # Byte 4 of a big-endian entry is its hash's low bits (bits 24-31).
+    low = np.frombuffer(joined, dtype=np.uint8)[_ENTRY_BYTES - 4 :: _ENTRY_BYTES]
+    masks = None
+    hashes: np.ndarray
+    if wanted is not None and bits_of_row.any():
+        masks = _wanted_low_bits(row_keys, bits_of_row, wanted)
+    if masks is None:
+        entries = np.frombuffer(joined, dtype=">i8").astype(np.int64)
+        hashes = np.repeat(row_starts, counts) | low
+        if wanted is not None and bits_of_row.any():
+            keep = np.flatnonzero(_members(hashes, wanted))
+            entries, hashes = entries[keep], hashes[keep]
+    else:
+        # Only the kept entries (one in ten at 5 bits) are converted at all.
+        keep = np.flatnonzero((np.repeat(masks, counts) >> low) & 1)
+        entries = np.frombuffer(joined, dtype=">i8")[keep].astype(np.int64)
+        row_of = np.searchsorted(np.cumsum(counts), keep, side="right")
+        hashes = row_starts[row_of] | low[keep]
     postings = (
         hashes.astype("<i4").view("<u4"),
         entries >> _ENTRY_TRACK_SHIFT,
@@ -193,17 +216,37 @@ def decode_entry_rows(
     return postings, skipped
 
 
-def only_hashes(postings: Postings, wanted: np.ndarray) -> Postings:
-    """The postings whose hash is in `wanted` (sorted, distinct): a packed row
-    spanning several hashes brings its neighbours' postings along."""
-    hashes, tracks, times = postings
-    if hashes.size == 0 or wanted.size == 0:
-        return _no_postings()
-    at = np.minimum(np.searchsorted(wanted, hashes), wanted.size - 1)
-    keep = wanted[at] == hashes
-    if keep.all():
-        return postings
-    return hashes[keep], tracks[keep], times[keep]
+# A row's wanted low bits fit one uint32 mask up to 5 bits (MAX_BUCKET_BITS).
+_MASK_MAX_BITS = 5
+
+
+def _wanted_low_bits(
+    row_keys: np.ndarray, bits_of_row: np.ndarray, wanted: np.ndarray
+) -> np.ndarray | None:
+    """Per row, a mask with bit `low` set for each wanted hash `key << bits | low`
+    (None when a row spans too many hashes for one mask)."""
+    masks = np.zeros(row_keys.size, dtype=np.uint32)
+    if wanted.size == 0:
+        return masks
+    whole = wanted.astype(np.int64)
+    for bits in np.unique(bits_of_row).tolist():
+        if bits > _MASK_MAX_BITS:
+            return None
+        wanted_keys, first = np.unique(whole >> bits, return_index=True)
+        bit = np.left_shift(np.uint32(1), (whole & ((1 << bits) - 1)).astype(np.uint32))
+        key_masks = np.bitwise_or.reduceat(bit, first)
+        rows = bits_of_row == bits
+        at = np.minimum(np.searchsorted(wanted_keys, row_keys[rows]), wanted_keys.size - 1)
+        masks[rows] = np.where(wanted_keys[at] == row_keys[rows], key_masks[at], np.uint32(0))
+    return masks
+
+
+def _members(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which of `values` are in `wanted` (sorted, distinct)."""
+    if wanted.size == 0:
+        return np.zeros(values.size, dtype=bool)
+    at = np.minimum(np.searchsorted(wanted, values), wanted.size - 1)
+    return np.asarray(wanted[at] == values)
 
 
 @dataclass(frozen=True)
@@ -623,8 +666,7 @@ class Catalog:
         async with self._pool.connection() as conn:
             cur = await conn.execute(statement, params, prepare=True, binary=True)
             rows = await cur.fetchall()
-        postings, skipped = decode_entry_rows(rows)
-        return only_hashes(postings, unique), skipped
+        return decode_entry_rows(rows, unique.astype(np.int64))
 
     async def backlog(self) -> tuple[int, int]:
         """(postings waiting in recent_postings, postings of the whole catalog)."""
