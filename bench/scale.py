@@ -12,7 +12,9 @@ The catalog at each size:
   hashes name absolute frequencies. Their packed rows are written straight
   into `packed_postings` (what compacting them would leave there; they get
   track rows but no `fingerprints` rows, as nothing deletes them), so 1,000
-  hours load in minutes instead of the hours of fingerprinting audio.
+  hours load in minutes instead of the hours of fingerprinting audio. The
+  catalog is then packed in the layout a catalog grown to its size has
+  (`bucket_bits_for`: 2^bits neighbouring hashes per row, column "row bits").
 
 Queries: 5 s clips of corpus tracks at seeded offsets, clean and with pink
 noise at 5 dB SNR (bench.degrade), fingerprinted once in-process. At each size
@@ -58,7 +60,14 @@ from earmark_fingerprint.landmarks import (
     extract_query_landmarks,
 )
 from earmark_runtime.db import migrate, open_pool
-from earmark_search.catalog import Catalog, Postings, TrackRow, entry_bytes, pack_entries
+from earmark_search.catalog import (
+    Catalog,
+    Postings,
+    TrackRow,
+    bucket_bits_for,
+    entry_bytes,
+    pack_entries,
+)
 from earmark_search.identify import POSTINGS_PER_QUERY_HASH, identify
 from earmark_search.schema import MIGRATIONS, SCHEMA
 from earmark_stack.processes import ensure_database, free_port, start_postgres, stop_postgres
@@ -268,6 +277,7 @@ class SizeResult:
     postings: int
     index_mb: float
     load_s: float
+    bits: int
     passes: dict[int | None, Pass] = field(default_factory=dict)
 
 
@@ -387,6 +397,14 @@ async def run(args: argparse.Namespace) -> int:
                 for i, track in enumerate(base):
                     await catalog.index_track(_event(f"00000000-0000-4000-8000-{i:012d}", track))
                 await catalog.compact()
+                # A catalog that grew to this size through smaller ones was
+                # bucketed all along, and each compaction re-bucketed it for
+                # its size (Catalog.compact); one loaded at once and packed
+                # hash by hash above REBUCKET_MAX_POSTINGS would not be.
+                bits = bucket_bits_for(written + sum(b.hashes.size for b in base))
+                if await catalog.layout_bits() != bits:
+                    log(f"  re-bucketing at {bits} bits, as a catalog grown to this size")
+                    await catalog.compact(bits=bits)
                 load_s = time.perf_counter() - started
                 with psycopg.connect(url, autocommit=True) as conn:
                     row = conn.execute(
@@ -402,7 +420,7 @@ async def run(args: argparse.Namespace) -> int:
                     f"  {real_hours:.0f} h, {total_postings / 1e6:.0f} M postings, "
                     f"{size / 1e6:.0f} MB, loaded in {load_s:.0f} s"
                 )
-                result = SizeResult(real_hours, total_postings, size / 1e6, load_s)
+                result = SizeResult(real_hours, total_postings, size / 1e6, load_s, bits)
                 result.passes = await measure(catalog, queries, names, args.budgets)
                 results.append(result)
                 log(render_size(result))
@@ -441,6 +459,7 @@ def render(
                     f"{r.hours:.0f}",
                     f"{r.postings / 1e6:.0f}",
                     f"{r.index_mb / r.hours:.1f}",
+                    f"{r.bits}",
                     f"**{_label(budget)}**"
                     if budget == POSTINGS_PER_QUERY_HASH
                     else _label(budget),
@@ -457,6 +476,7 @@ def render(
         "catalog h",
         "postings M",
         "index MB/h",
+        "row bits",
         "budget per hash",
         "postings read p50",
         "lookup ms p50/p99",

@@ -679,6 +679,11 @@ class Catalog:
         assert row is not None
         return int(row[0]), int(row[1])
 
+    async def layout_bits(self) -> int:
+        """How many low hash bits a packed row spans now (0: one hash per row)."""
+        async with self._pool.connection() as conn:
+            return await _layout_bits(conn)
+
     async def compact(self, slices: int = 16, *, bits: int | None = None) -> int:
         """Move every recent posting into the packed rows; the number moved.
 
