@@ -401,7 +401,8 @@ async def run(args: argparse.Namespace) -> int:
                 # bucketed all along, and each compaction re-bucketed it for
                 # its size (Catalog.compact); one loaded at once and packed
                 # hash by hash above REBUCKET_MAX_POSTINGS would not be.
-                bits = bucket_bits_for(written + sum(b.hashes.size for b in base))
+                total_postings = written + sum(b.hashes.size for b in base)
+                bits = bucket_bits_for(total_postings)
                 if await catalog.layout_bits() != bits:
                     log(f"  re-bucketing at {bits} bits, as a catalog grown to this size")
                     await catalog.compact(bits=bits)
@@ -414,7 +415,6 @@ async def run(args: argparse.Namespace) -> int:
                         (SCHEMA,),
                     ).fetchone()
                     size = int(row[0]) if row and row[0] else 0
-                total_postings = written + sum(b.hashes.size for b in base)
                 real_hours = base_hours * (count + 1)
                 log(
                     f"  {real_hours:.0f} h, {total_postings / 1e6:.0f} M postings, "

@@ -242,7 +242,8 @@ def test_filtering_by_row_masks_keeps_exactly_the_wanted_hashes(bits: int) -> No
     ]
     wanted = np.unique(rng.integers(0, 4096, 500))
     if bits == 0:  # the lookup reads only the wanted hashes' rows at one hash per row
-        rows = [row for row in rows if row[0] in set(wanted.tolist())]
+        wanted_keys = set(wanted.tolist())
+        rows = [row for row in rows if row[0] in wanted_keys]
     (hashes, got_tracks, got_times), _ = decode_entry_rows(rows, wanted)
     expected = np.isin(all_hashes, wanted)
     assert _as_set(hashes, got_tracks, got_times) == _as_set(

@@ -189,31 +189,43 @@ def decode_entry_rows(
     counts = lengths // _ENTRY_BYTES
     row_keys = np.asarray(keys, dtype=np.int64)
     bits_of_row = np.asarray(row_bits, dtype=np.int64)
-    row_starts = row_keys << bits_of_row
     # Byte 4 of a big-endian entry is its hash's low bits (bits 24-31).
     low = np.frombuffer(joined, dtype=np.uint8)[_ENTRY_BYTES - 4 :: _ENTRY_BYTES]
-    masks = None
-    hashes: np.ndarray
-    if wanted is not None and bits_of_row.any():
-        masks = _wanted_low_bits(row_keys, bits_of_row, wanted)
-    if masks is None:
+    if wanted is None or not bits_of_row.any():
+        # At one hash per row the rows read are the wanted hashes' own.
         entries = np.frombuffer(joined, dtype=">i8").astype(np.int64)
-        hashes = np.repeat(row_starts, counts) | low
-        if wanted is not None and bits_of_row.any():
-            keep = np.flatnonzero(_members(hashes, wanted))
-            entries, hashes = entries[keep], hashes[keep]
+        hashes = np.repeat(row_keys << bits_of_row, counts) | low
     else:
-        # Only the kept entries (one in ten at 5 bits) are converted at all.
-        keep = np.flatnonzero((np.repeat(masks, counts) >> low) & 1)
-        entries = np.frombuffer(joined, dtype=">i8")[keep].astype(np.int64)
-        row_of = np.searchsorted(np.cumsum(counts), keep, side="right")
-        hashes = row_starts[row_of] | low[keep]
+        entries, hashes = _wanted_entries(joined, row_keys, bits_of_row, counts, low, wanted)
     postings = (
         hashes.astype("<i4").view("<u4"),
         entries >> _ENTRY_TRACK_SHIFT,
         entries & _ENTRY_TIME_MASK,
     )
     return postings, skipped
+
+
+def _wanted_entries(
+    joined: bytes,
+    row_keys: np.ndarray,
+    bits_of_row: np.ndarray,
+    counts: np.ndarray,
+    low: np.ndarray,
+    wanted: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(entries, whole hashes) of the rows' postings whose hash is in `wanted`."""
+    row_starts = row_keys << bits_of_row
+    masks = _wanted_low_bits(row_keys, bits_of_row, wanted)
+    if masks is None:
+        entries = np.frombuffer(joined, dtype=">i8").astype(np.int64)
+        hashes = np.repeat(row_starts, counts) | low
+        keep = np.flatnonzero(_members(hashes, wanted))
+        return entries[keep], hashes[keep]
+    # Only the kept entries (one in ten at 5 bits) are converted at all.
+    keep = np.flatnonzero((np.repeat(masks, counts) >> low) & 1)
+    entries = np.frombuffer(joined, dtype=">i8")[keep].astype(np.int64)
+    row_of = np.searchsorted(np.cumsum(counts), keep, side="right")
+    return entries, row_starts[row_of] | low[keep]
 
 
 # A row's wanted low bits fit one uint32 mask up to 5 bits (MAX_BUCKET_BITS).
@@ -228,7 +240,7 @@ def _wanted_low_bits(
     masks = np.zeros(row_keys.size, dtype=np.uint32)
     if wanted.size == 0:
         return masks
-    whole = wanted.astype(np.int64)
+    whole = np.asarray(wanted, dtype=np.int64)
     for bits in np.unique(bits_of_row).tolist():
         if bits > _MASK_MAX_BITS:
             return None
