@@ -325,12 +325,19 @@ async def test_lookups_during_a_compaction_see_every_posting_once(
             await catalog.index_track(_event(track_id, *_fingerprint(seed)))
         before = _as_set(await catalog.postings(every_hash))
         assert len(before) == 12_000
-        compaction = asyncio.create_task(catalog.compact(slices=64))
-        seen = []
-        while not compaction.done():
-            seen.append(_as_set(await catalog.postings(every_hash)))
-        await compaction
+        seen: list[list[tuple[int, int, int]]] = []
+
+        async def look_up_until(done: asyncio.Task[int]) -> None:
+            while not done.done():
+                seen.append(_as_set(await catalog.postings(every_hash)))
+
+        # In place in slices, then rebuilt and swapped in (twice each way), with
+        # several readers at once: none may see a partial move or deadlock the swap.
+        for bits in (None, 2, 0, 3, 0):
+            compaction = asyncio.create_task(catalog.compact(slices=64, bits=bits))
+            await asyncio.gather(compaction, *(look_up_until(compaction) for _ in range(3)))
         seen.append(_as_set(await catalog.postings(every_hash)))
+        assert len(seen) > 5
         assert all(s == before for s in seen), "a lookup saw a posting twice or not at all"
     finally:
         for track_id in ids:

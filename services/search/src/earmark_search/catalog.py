@@ -405,13 +405,16 @@ GROUP BY 1
 """,  # noqa: S608 - SCHEMA is a module constant, values are parameters
     f"ALTER TABLE {_REBUILT} ADD PRIMARY KEY (hash) INCLUDE (n)",
 )
+# The recent postings are deleted, not truncated: TRUNCATE's exclusive lock
+# would wait for a lookup that holds recent_postings while it waits for the
+# swapped table, a deadlock. DELETE waits for no reader; compact() vacuums.
 _SWAP_IN_REBUILT = f"""
 DROP VIEW {SCHEMA}.postings;
 DROP TABLE {SCHEMA}.packed_postings;
 ALTER TABLE {_REBUILT} RENAME TO packed_postings;
 ALTER INDEX {_REBUILT}_pkey RENAME TO packed_postings_pkey;
 {POSTINGS_VIEW}
-TRUNCATE {SCHEMA}.recent_postings;
+DELETE FROM {SCHEMA}.recent_postings;
 """
 
 
