@@ -415,7 +415,7 @@ ALTER TABLE {_REBUILT} RENAME TO packed_postings;
 ALTER INDEX {_REBUILT}_pkey RENAME TO packed_postings_pkey;
 {POSTINGS_VIEW}
 DELETE FROM {SCHEMA}.recent_postings;
-"""
+"""  # noqa: S608 - SCHEMA and _REBUILT are module constants
 
 
 async def _layout_bits(conn: AsyncConnection) -> int:
