@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from bench.corpus import DEFAULT_CORPUS_DIR
 from earmark_training.data import (
     SYNTHETIC_SONGS,
+    AudioSet,
     AugmentConfig,
     PairMaker,
     build_audio_set,
@@ -122,6 +123,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=12000, help="total steps (sets the LR schedule)")
     ap.add_argument("--minutes", type=float, default=None, help="stop this run after M minutes")
     ap.add_argument(
+        "--fit-minutes",
+        type=float,
+        default=None,
+        help="set --steps after the warm-up from the measured speed, so the whole schedule "
+        "ends within M minutes (for a lent machine of unknown speed; run.json records the "
+        "steps, and --steps N replays the run)",
+    )
+    ap.add_argument(
         "--stop-at",
         type=int,
         default=None,
@@ -146,6 +155,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--val-every", type=int, default=500)
     ap.add_argument("--checkpoint-minutes", type=float, default=3.0)
     ap.add_argument("--cache", type=Path, default=Path("/work/runs/cache"))
+    ap.add_argument(
+        "--audio-set",
+        type=Path,
+        default=None,
+        help="train on this AudioSet (.npz, earmark_training.portable), not the corpus",
+    )
+    ap.add_argument(
+        "--validation-batch",
+        type=Path,
+        default=None,
+        help="validate on this batch (.npz, earmark_training.portable) instead of building it",
+    )
     ap.add_argument(
         "--init-from",
         type=Path,
@@ -181,6 +202,45 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def training_data(
+    args: argparse.Namespace,
+) -> tuple[AudioSet, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The training audio, the validation batch and what they were made of.
+
+    From the corpus (decoded once into --cache), or from what
+    `earmark_training.portable` packed, where the corpus is not at hand.
+    """
+    if args.audio_set is not None:
+        audio = AudioSet.load(args.audio_set)
+        real = [n for n in audio.names if not n.startswith("synthetic/")]
+        info: dict[str, Any] = {
+            "training_tracks": real,
+            "synthetic_songs": len(audio.names) - len(real),
+            "audio_set": str(args.audio_set),
+        }
+    else:
+        split = corpus_split(args.corpus)
+        log(
+            f"split: {len(split.train)} training tracks, {len(split.unseen_catalog)} unseen "
+            f"catalog tracks, {len(split.held_out)} held out (never read)"
+        )
+        audio = build_audio_set(split.train, args.synthetic, args.cache, log)
+        info = {
+            "training_tracks": [t.track_id for t in split.train],
+            "synthetic_songs": args.synthetic,
+        }
+    if args.validation_batch is not None:
+        with np.load(args.validation_batch) as z:
+            anchors, positives = z["anchors"], z["positives"]
+            info["validation_tracks"] = [str(t) for t in z["tracks"]]
+    else:
+        unseen = corpus_split(args.corpus).unseen_catalog[:VALIDATION_TRACKS]
+        val_audio = build_audio_set(unseen, 0, args.cache, log)
+        anchors, positives = PairMaker(val_audio).batch(VALIDATION_SEED, 0, VALIDATION_PAIRS)
+        info["validation_tracks"] = [t.track_id for t in unseen]
+    return audio, anchors, positives, info
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -192,17 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_path = args.out / "checkpoint.pt"
     started = time.monotonic()
 
-    split = corpus_split(args.corpus)
-    log(
-        f"split: {len(split.train)} training tracks, {len(split.unseen_catalog)} unseen catalog "
-        f"tracks, {len(split.held_out)} held out (never read)"
-    )
-    audio = build_audio_set(split.train, args.synthetic, args.cache, log)
-    val_audio = build_audio_set(split.unseen_catalog[:VALIDATION_TRACKS], 0, args.cache, log)
+    audio, val_anchors, val_positives, data_info = training_data(args)
     log(f"training audio: {len(audio.names)} tracks, {audio.hours:.2f} h")
     augment = augment_config(args)
     maker = PairMaker(audio, augment)
-    val_anchors, val_positives = PairMaker(val_audio).batch(VALIDATION_SEED, 0, VALIDATION_PAIRS)
 
     config = ModelConfig(channels=args.channels, dim=args.dim)
     torch.manual_seed(args.seed)
@@ -253,18 +306,18 @@ def main(argv: list[str] | None = None) -> int:
         "pairs_per_batch": args.pairs,
         "steps": args.steps,
         "lr": args.lr,
-        "data": {
-            "training_tracks": [t.track_id for t in split.train],
-            "synthetic_songs": args.synthetic,
-            "training_hours": round(audio.hours, 3),
-            "validation_tracks": [t.track_id for t in split.unseen_catalog[:VALIDATION_TRACKS]],
-        },
+        "data": {**data_info, "training_hours": round(audio.hours, 3)},
         "device": args.device,
         "threads": args.threads,
     }
     (args.out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
     log(f"model: {parameter_count(model)} parameters, config {config.to_json()}")
 
+    if args.fit_minutes is not None:
+        if step > 0:
+            log("--fit-minutes starts a run; it cannot resume one")
+            return 2
+        args.steps = 1 << 40  # set after the warm-up; the warm-up's LR does not depend on it
     loader = DataLoader(
         Batches(maker, args.seed, step, args.steps, args.pairs),
         batch_size=None,
@@ -296,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"checkpoint at step {step} ({reason})")
 
     with (args.out / "log.jsonl").open("a") as logf:
+        loop_started = time.monotonic()
         for anchors, positives in loader:
             lr = learning_rate(step, args.steps, args.lr, args.warmup)
             for g in opt.param_groups:
@@ -307,6 +361,16 @@ def main(argv: list[str] | None = None) -> int:
             loss.backward()
             opt.step()
             step += 1
+            if args.fit_minutes is not None and step == args.warmup:
+                # The warm-up's pace (after the workers' start) sets the length;
+                # 5 % spare for validation and checkpoints.
+                elapsed = time.monotonic() - started
+                rate = step / max(1e-3, time.monotonic() - loop_started)
+                args.steps = step + int(0.95 * rate * (args.fit_minutes * 60 - elapsed))
+                run_info["steps"] = args.steps
+                history[-1]["fitted_steps"] = args.steps
+                (args.out / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+                log(f"--fit-minutes {args.fit_minutes:g}: {rate:.1f} steps/s, --steps {args.steps}")
             window_steps += 1
             window_loss += float(loss.detach())
             record: dict[str, Any] = {}
@@ -342,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                 checkpoint(f"--minutes {args.minutes:g} reached")
                 log("stopping; continue with --resume")
                 return 0
+            if step >= args.steps:
+                break
     checkpoint("done")
     return 0
 
