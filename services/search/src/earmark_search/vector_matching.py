@@ -72,25 +72,26 @@ class Calibration:
         return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 
-# Fitted by `python -m earmark_training.calibrate` for nafp-small-v2 at a 0.25 s
+# Fitted by `python -m earmark_training.calibrate` for nafp-small-v3 at a 0.25 s
 # catalog hop, k = 20 (docs/neural.md, "Decision and calibration"): 0.19 % of the
-# calibration negatives (4 of 2125) and 83 % of its positives are accepted.
+# calibration negatives (4 of 2125) and 90 % of its positives (2374 of 2635) are
+# accepted (nafp-small-v2: 83 % at the same 4 negatives).
 DEFAULT_CALIBRATION: Final = Calibration(
-    bias=-26.573991,
-    w_score=34.339082,
-    w_margin=19.230510,
-    w_log_n=0.848212,
-    min_confidence=0.965405,
+    bias=-22.241761,
+    w_score=29.893965,
+    w_margin=16.784434,
+    w_log_n=0.845321,
+    min_confidence=0.912132,
 )
 # The pitch views' stage (`rank_views`), fitted the same way on the calibration
 # queries the plain stage did not accept: 2 of their 2121 negatives and
-# 193 of their 448 positives are accepted.
+# 47 of their 261 positives are accepted.
 PITCHED_CALIBRATION: Final = Calibration(
-    bias=-24.162608,
-    w_score=28.383680,
-    w_margin=22.956154,
-    w_log_n=1.014231,
-    min_confidence=0.836559,
+    bias=-19.474511,
+    w_score=23.860801,
+    w_margin=18.634510,
+    w_log_n=0.971572,
+    min_confidence=0.800005,
 )
 
 
