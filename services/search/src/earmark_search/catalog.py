@@ -407,7 +407,8 @@ GROUP BY 1
 )
 # The recent postings are deleted, not truncated: TRUNCATE's exclusive lock
 # would wait for a lookup that holds recent_postings while it waits for the
-# swapped table, a deadlock. DELETE waits for no reader; compact() vacuums.
+# swapped table, a deadlock. DELETE waits for no reader; compact() truncates
+# the emptied table afterwards, in a transaction that holds nothing a lookup needs.
 _SWAP_IN_REBUILT = f"""
 DROP VIEW {SCHEMA}.postings;
 DROP TABLE {SCHEMA}.packed_postings;
@@ -445,6 +446,22 @@ def _landmark_arrays(
         np.frombuffer(lm.peak_times, dtype="<u4"), np.frombuffer(lm.peak_bins, dtype="<u4")
     )
     return hashes, times, peaks
+
+
+async def _release_recent_if_empty(conn: AsyncConnection) -> None:
+    """Give back an emptied recent_postings' heap and B-tree (VACUUM keeps their pages).
+
+    A transaction of its own, after the move has committed: it holds only the
+    writers' lock, which lookups never wait for, so a lookup that holds
+    recent_postings and waits for nothing of ours just delays the TRUNCATE's
+    brief exclusive lock.
+    """
+    async with conn.transaction():
+        await _lock_postings(conn)  # no writer can add a row meanwhile
+        cur = await conn.execute(f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.recent_postings)")  # noqa: S608
+        left = await cur.fetchone()
+        if left is not None and not left[0]:
+            await conn.execute(f"TRUNCATE {SCHEMA}.recent_postings")
 
 
 async def _lock_postings(conn: AsyncConnection) -> None:
@@ -730,6 +747,7 @@ class Catalog:
                 moved = await self._compact_in_place(conn, slices)
             else:
                 moved = await self._rebuild(conn, bits)
+            await _release_recent_if_empty(conn)
             # Make the moved rows and the packed rows' old versions reusable now, so
             # the next appends fill them instead of growing the files.
             await conn.execute(f"VACUUM (ANALYZE) {SCHEMA}.recent_postings")
@@ -777,16 +795,6 @@ class Catalog:
                 cur = await conn.execute(_COMPACT_SLICE, (low, high))
                 counted = await cur.fetchone()
                 moved += int(counted[0]) if counted else 0
-        async with conn.transaction():
-            await _lock_postings(conn)  # no writer can add a row meanwhile
-            cur = await conn.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {SCHEMA}.recent_postings)"  # noqa: S608
-            )
-            left = await cur.fetchone()
-            if left is not None and not left[0]:
-                # Empty: give back the heap and the B-tree (VACUUM keeps the
-                # B-tree's pages). Lookups wait for the TRUNCATE's brief lock.
-                await conn.execute(f"TRUNCATE {SCHEMA}.recent_postings")
         return moved
 
     async def tracks_by_key(self, keys: list[int]) -> dict[int, TrackRow]:
