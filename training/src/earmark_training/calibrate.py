@@ -4,12 +4,19 @@ Usage::
 
     python -m earmark_training.calibrate --corpus ~/.cache/earmark/corpus [--out FILE]
 
-Calibration data (docs/neural.md, "Calibration"):
-- index: the catalog tracks the model never trained on ("unseen catalog");
-- positives: degraded excerpts of those tracks, drawn with seed 1 (the
-  evaluation uses seed 0, so the excerpts differ);
-- negatives: degraded excerpts of the training tracks, which are not in this
-  index, so every match is a false positive.
+Calibration data (docs/neural.md, "Calibration"), ``--negatives unseen``
+(the default since nafp-small-v3):
+- index: the training tracks and every other catalog track the model never
+  trained on ("unseen catalog", the even places of its sorted list);
+- positives: degraded excerpts of those unseen indexed tracks, drawn with
+  seed 1 (the evaluation uses seed 0, so the excerpts differ);
+- negatives: degraded excerpts of the other unseen tracks (odd places), which
+  are not in this index, so every match is a false positive.
+Negatives the model never trained on, among distractors it did: a model
+trained longer tells its training tracks apart better than music it has
+not heard, so negatives cut from training tracks (``--negatives training``:
+index = every unseen track, negatives = the training tracks, as v1 and v2
+were calibrated) understate the false positives of new music.
 The benchmark's held-out tracks are not read, so the false-positive rate that
 `earmark_training.evaluate` measures on them is an honest test of these
 constants.
@@ -126,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=DEFAULT_K)
     ap.add_argument("--cache", type=Path, default=Path("/work/runs/cache"))
     ap.add_argument("--out", type=Path, default=None, help="write the constants as JSON here")
+    ap.add_argument(
+        "--negatives",
+        choices=("unseen", "training"),
+        default="unseen",
+        help="cut the negatives from unseen catalog tracks (left out of the index) or from "
+        "the training tracks (the whole unseen catalog indexed)",
+    )
     args = ap.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -133,11 +147,16 @@ def main(argv: list[str] | None = None) -> int:
 
     split = corpus_split(args.corpus)
     embedder = NeuralEmbedder(args.model or model_path(), threads=1)
-    index = build_index(embedder, split.unseen_catalog, CATALOG_HOP_S, args.cache, log)
+    if args.negatives == "unseen":
+        unseen = sorted(split.unseen_catalog, key=lambda t: t.track_id)
+        indexed, positives, negatives = split.train + unseen[0::2], unseen[0::2], unseen[1::2]
+    else:
+        indexed, positives, negatives = split.unseen_catalog, split.unseen_catalog, split.train
+    index = build_index(embedder, indexed, CATALOG_HOP_S, args.cache, log)
     queries = query_set(
         "calibration",
-        split.unseen_catalog,
-        split.train,
+        positives,
+        negatives,
         split.train,
         seed=CALIBRATION_SEED,
         lengths=DEFAULT_LENGTHS,
@@ -170,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
                 (not r.negative) and r.predicted_track == r.track_id for r in both
             ),
         }
-    summary = {**result, "k": args.k, "model": str(embedder.path.name)}
+    summary = {
+        **result,
+        "k": args.k,
+        "model": str(embedder.path.name),
+        "negatives_from": args.negatives,
+        "indexed_tracks": len(indexed),
+    }
     print(json.dumps(summary, indent=2))
     if args.out:
         args.out.write_text(json.dumps(summary, indent=2) + "\n")

@@ -72,26 +72,26 @@ class Calibration:
         return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 
-# Fitted by `python -m earmark_training.calibrate` for nafp-small-v3 at a 0.25 s
-# catalog hop, k = 20 (docs/neural.md, "Decision and calibration"): 0.19 % of the
-# calibration negatives (4 of 2125) and 90 % of its positives (2374 of 2635) are
-# accepted (nafp-small-v2: 83 % at the same 4 negatives).
+# Fitted by `python -m earmark_training.calibrate` (negatives from unseen
+# tracks, its default) for nafp-small-v3 at a 0.25 s catalog hop, k = 20
+# (docs/neural.md, "Decision and calibration"): 2 of the 1275 calibration
+# negatives (0.16 %) and 90 % of its positives (1226 of 1360) are accepted.
 DEFAULT_CALIBRATION: Final = Calibration(
-    bias=-22.241761,
-    w_score=29.893965,
-    w_margin=16.784434,
-    w_log_n=0.845321,
-    min_confidence=0.912132,
+    bias=-16.392614,
+    w_score=18.583799,
+    w_margin=47.296318,
+    w_log_n=0.668126,
+    min_confidence=0.862926,
 )
 # The pitch views' stage (`rank_views`), fitted the same way on the calibration
-# queries the plain stage did not accept: 2 of their 2121 negatives and
-# 47 of their 261 positives are accepted.
+# queries the plain stage did not accept: 1 of their 1273 negatives and 25 of
+# their 133 positives are accepted (min_confidence is at its floor, 0.5).
 PITCHED_CALIBRATION: Final = Calibration(
-    bias=-19.474511,
-    w_score=23.860801,
-    w_margin=18.634510,
-    w_log_n=0.971572,
-    min_confidence=0.800005,
+    bias=-15.548738,
+    w_score=14.485005,
+    w_margin=52.132524,
+    w_log_n=1.080606,
+    min_confidence=0.5,
 )
 
 
