@@ -67,19 +67,16 @@ corpus:
 
 # The neural model (docs/neural.md). torch lives only here, never in the services.
 RUNS ?= $(HOME)/.cache/earmark/runs
-# The shipped nafp-small-v3 recipe: 8294 steps of 512 pairs (8 min on one H200
-# with 14 batch processes; hours on a 2-core CPU). DEVICE=cuda on a GPU machine.
-DEVICE ?= cpu
-TRAIN_WORKERS ?= 1
 train: install
 	$(BIN)/pip install -q torch==2.13.0 onnx && $(BIN)/pip install -q --no-deps -e training
-	$(BIN)/python -m earmark_training.train --corpus "$(CORPUS)" --out "$(RUNS)/nafp-v3" --steps 8294 \
-		--pairs 512 --device $(DEVICE) --workers $(TRAIN_WORKERS) \
+	$(BIN)/python -m earmark_training.train --corpus "$(CORPUS)" --out "$(RUNS)/nafp" --steps 2300 --pairs 256
+	$(BIN)/python -m earmark_training.train --corpus "$(CORPUS)" --out "$(RUNS)/nafp-v2" --steps 2000 \
+		--pairs 256 --lr 5e-4 --warmup 100 --init-from "$(RUNS)/nafp/checkpoint.pt" \
 		--p-babble 0.6 --snr=-3,12 --p-pitch 0.25 --max-pitch 1.0
 
 export-model: install
-	$(BIN)/python -m earmark_training.export --checkpoint "$(RUNS)/nafp-v3/checkpoint.pt" \
-		--out services/fingerprint/src/earmark_fingerprint/models/nafp-small-v3.onnx
+	$(BIN)/python -m earmark_training.export --checkpoint "$(RUNS)/nafp-v2/checkpoint.pt" \
+		--out services/fingerprint/src/earmark_fingerprint/models/nafp-small-v2.onnx
 
 bench: install
 	$(BIN)/python -m bench.run --corpus "$(CORPUS)"

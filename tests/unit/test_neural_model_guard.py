@@ -29,11 +29,11 @@ def vectors(model: str) -> common_pb2.NeuralFingerprint:
 
 
 def test_query_vectors_of_the_indexed_model_are_searched() -> None:
-    query = servicer("nafp-small-v3")._neural_query(vectors("nafp-small-v3"))
+    query = servicer("nafp-small-v2")._neural_query(vectors("nafp-small-v2"))
     assert query is not None
     assert query.vectors.shape == (2, 4)
     np.testing.assert_allclose(query.times_s, [0.0, 0.125])
 
 
 def test_query_vectors_of_another_model_are_not_searched() -> None:
-    assert servicer("nafp-small-v3")._neural_query(vectors("nafp-small-v2")) is None
+    assert servicer("nafp-small-v2")._neural_query(vectors("nafp-small-v1")) is None

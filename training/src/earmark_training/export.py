@@ -3,7 +3,7 @@
 Usage::
 
     python -m earmark_training.export --checkpoint /work/runs/NAME/checkpoint.pt \
-        --out services/fingerprint/src/earmark_fingerprint/models/nafp-small-v3.onnx
+        --out services/fingerprint/src/earmark_fingerprint/models/nafp-small-v2.onnx
 
 Checks, recorded in the sidecar under ``parity``:
 - the numpy frontend (serving, and the CPU data pipeline) against the torch

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from . import neural_frontend as fe
 
-MODEL_NAME: Final = "nafp-small-v3"
+MODEL_NAME: Final = "nafp-small-v2"
 # Catalog segments every 0.25 s (NAFP uses 0.5 s): a 1 s query has a single
 # segment, and at 0.5 s it can lie 0.25 s off every catalog segment; at 0.25 s
 # at most 0.125 s, inside the training jitter. Measured on the benchmark: 1 s

@@ -72,26 +72,25 @@ class Calibration:
         return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
 
 
-# Fitted by `python -m earmark_training.calibrate` (negatives from unseen
-# tracks, its default) for nafp-small-v3 at a 0.25 s catalog hop, k = 20
-# (docs/neural.md, "Decision and calibration"): 2 of the 1275 calibration
-# negatives (0.16 %) and 90 % of its positives (1226 of 1360) are accepted.
+# Fitted by `python -m earmark_training.calibrate` for nafp-small-v2 at a 0.25 s
+# catalog hop, k = 20 (docs/neural.md, "Decision and calibration"): 0.19 % of the
+# calibration negatives (4 of 2125) and 83 % of its positives are accepted.
 DEFAULT_CALIBRATION: Final = Calibration(
-    bias=-16.392614,
-    w_score=18.583799,
-    w_margin=47.296318,
-    w_log_n=0.668126,
-    min_confidence=0.862926,
+    bias=-26.573991,
+    w_score=34.339082,
+    w_margin=19.230510,
+    w_log_n=0.848212,
+    min_confidence=0.965405,
 )
 # The pitch views' stage (`rank_views`), fitted the same way on the calibration
-# queries the plain stage did not accept: 1 of their 1273 negatives and 25 of
-# their 133 positives are accepted (min_confidence is at its floor, 0.5).
+# queries the plain stage did not accept: 2 of their 2121 negatives and
+# 193 of their 448 positives are accepted.
 PITCHED_CALIBRATION: Final = Calibration(
-    bias=-15.548738,
-    w_score=14.485005,
-    w_margin=52.132524,
-    w_log_n=1.080606,
-    min_confidence=0.5,
+    bias=-24.162608,
+    w_score=28.383680,
+    w_margin=22.956154,
+    w_log_n=1.014231,
+    min_confidence=0.836559,
 )
 
 

@@ -32,7 +32,7 @@ from .vector_matching import Hit
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL: Final = "nafp-small-v3"
+DEFAULT_MODEL: Final = "nafp-small-v2"
 DEFAULT_DIM: Final = 128
 # 2**20 segments per track: 145 h at a 0.5 s hop.
 SEGMENT_BITS: Final = 20
