@@ -159,8 +159,8 @@ def time_stretch(x: np.ndarray, sr: int, factor: float) -> np.ndarray:
     return _run_ffmpeg_filter(x, sr, f"atempo={factor:.8f}")
 
 
-def mp3_roundtrip(x: np.ndarray, sr: int, bitrate: str = "32k") -> np.ndarray:
-    """Encode with libmp3lame (mono, CBR) and decode again.
+def mp3_encode(x: np.ndarray, sr: int, bitrate: str = "32k") -> bytes:
+    """The MP3 file libmp3lame (mono, CBR) makes of `x`.
 
     A seekable file, not a pipe: only then does ffmpeg write the LAME/Xing
     header with encoder delay and padding, which the decoder uses to trim the
@@ -174,6 +174,14 @@ def mp3_roundtrip(x: np.ndarray, sr: int, bitrate: str = "32k") -> np.ndarray:
         proc = subprocess.run(enc, input=x.astype("<f4").tobytes(), capture_output=True)
         if proc.returncode != 0:
             raise RuntimeError(f"mp3 encode failed: {proc.stderr.decode(errors='replace')}")
+        return mp3.read_bytes()
+
+
+def mp3_roundtrip(x: np.ndarray, sr: int, bitrate: str = "32k") -> np.ndarray:
+    """Encode with libmp3lame (`mp3_encode`) and decode again."""
+    with tempfile.TemporaryDirectory(prefix="earmark-mp3-") as tmp:
+        mp3 = Path(tmp) / "q.mp3"
+        mp3.write_bytes(mp3_encode(x, sr, bitrate))
         return decode_audio(mp3, sr)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.corpus import DEFAULT_CORPUS_DIR, ffmpeg_exe
+from bench.degrade import mp3_encode
 from earmark_training.data import (
     CODEC_BITRATES,
     SR,
@@ -47,28 +48,21 @@ from earmark_training.data import (
 VALIDATION_FILE = "validation.npz"
 
 
-def _ffmpeg(input_pcm: bytes, input_format: str, codec_args: Sequence[str], suffix: str) -> bytes:
-    # A seekable output file, not a pipe: only then does ffmpeg write the
-    # LAME header (encoder delay and padding) that decoders trim by.
+def flac_bytes(clean: Int16Array) -> bytes:
     with tempfile.TemporaryDirectory(prefix="earmark-pack-") as tmp:
-        out = Path(tmp) / f"x.{suffix}"
+        out = Path(tmp) / "x.flac"
         cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error"]
-        cmd += ["-f", input_format, "-ar", str(SR), "-ac", "1", "-i", "pipe:0"]
-        cmd += [*codec_args, "-ac", "1", "-y", str(out)]
-        proc = subprocess.run(cmd, input=input_pcm, capture_output=True, check=False)
+        cmd += ["-f", "s16le", "-ar", str(SR), "-ac", "1", "-i", "pipe:0", "-c:a", "flac"]
+        proc = subprocess.run([*cmd, "-y", str(out)], input=clean.astype("<i2").tobytes(),
+                              capture_output=True, check=False)  # fmt: skip
         if proc.returncode != 0:
-            raise RuntimeError(f"ffmpeg failed: {proc.stderr.decode(errors='replace')}")
+            raise RuntimeError(f"flac encode failed: {proc.stderr.decode(errors='replace')}")
         return out.read_bytes()
 
 
-def flac_bytes(clean: Int16Array) -> bytes:
-    return _ffmpeg(clean.astype("<i2").tobytes(), "s16le", ["-c:a", "flac"], "flac")
-
-
 def mp3_bytes(clean: Int16Array, bitrate: str) -> bytes:
-    """The same command as `bench.degrade.mp3_roundtrip`, on the int16 clean audio."""
-    x = clean.astype("<f4") / 32767.0
-    return _ffmpeg(x.tobytes(), "f32le", ["-c:a", "libmp3lame", "-b:a", bitrate], "mp3")
+    """`build_audio_set`'s encoder and bitrate, on the int16 clean audio."""
+    return mp3_encode(clean.astype(np.float32) / 32767.0, SR, bitrate)
 
 
 def _blob(data: bytes) -> np.ndarray:
@@ -103,7 +97,7 @@ def pack(audio: AudioSet, out_dir: Path, part_mb: float) -> list[Path]:
 
 
 def _decode(blob: np.ndarray, length: int) -> Int16Array:
-    import soundfile
+    import soundfile  # only where the parts are unpacked
 
     x, rate = soundfile.read(io.BytesIO(blob.tobytes()), dtype="float32", always_2d=False)
     if rate != SR:
@@ -114,7 +108,7 @@ def _decode(blob: np.ndarray, length: int) -> Int16Array:
 
 def unpack(parts: Sequence[Path]) -> AudioSet:
     """The AudioSet the parts hold; every track must be in one of them."""
-    import soundfile  # only where the parts are unpacked
+    import soundfile
 
     tracks: dict[int, tuple[str, Int16Array, list[Int16Array]]] = {}
     total = None
